@@ -1,0 +1,64 @@
+"""The service's Prometheus metrics. The names are a contract with the operator, the alert rules
+and the dashboards (see docs/metrics.md); each app instance has its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+
+# The *_created series double the output and no rule or dashboard reads them.
+disable_created_metrics()
+
+OWNER_STATES = ("live_session", "closed_session", "none")
+CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # Leak detection. Kept under the original Go service's names for compatibility.
+        self.goroutine_count = Gauge("media_goroutine_count", "asyncio tasks + threads of the process", registry=r)
+        self.goroutine_count_max = Gauge("media_goroutine_count_max", "highest media_goroutine_count seen", registry=r)
+        self.goroutine_unowned = Gauge(
+            "media_goroutine_unowned",
+            "tasks not owned by a live session, plus threads: the count the leak decision uses",
+            registry=r,
+        )
+        self.goroutine_baseline = Gauge(
+            "media_goroutine_baseline", "baseline of media_goroutine_unowned; -1 until established", registry=r
+        )
+        self.potential_leak = Gauge("media_potential_goroutine_leak", "1 = leak suspected, 0 = normal", registry=r)
+        self.asyncio_tasks = Gauge("media_asyncio_tasks", "asyncio tasks by owner state", ["owner"], registry=r)
+        self.threads = Gauge("media_threads", "threads of the process", registry=r)
+        # Sessions.
+        self.sessions_active = Gauge("media_sessions_active", "open WebRTC sessions", registry=r)
+        self.sessions_created = Counter("media_sessions_created", "WebRTC sessions created", registry=r)
+        self.sessions_closed = Counter(
+            "media_sessions_closed", "WebRTC sessions closed, by reason", ["reason"], registry=r
+        )
+        self.sessions_rejected = Counter(
+            "media_sessions_rejected", "offers refused, by error code", ["code"], registry=r
+        )
+        self.ice_candidates_rejected = Counter(
+            "media_ice_candidates_rejected", "remote ICE candidates refused by the per-session cap", registry=r
+        )
+        # Signaling hub.
+        self.ws_clients = Gauge("media_ws_clients", "connected WebSocket clients", registry=r)
+        self.ws_send_timeouts = Counter(
+            "media_ws_send_timeouts", "slow WebSocket clients dropped by the send timeout", registry=r
+        )
+        self.ws_messages_rejected = Counter(
+            "media_ws_messages_rejected", "client messages refused, by error code", ["code"], registry=r
+        )
+        # Lifecycle.
+        self.draining = Gauge("media_draining", "1 while draining", registry=r)
+        self.ready = Gauge("media_ready", "1 while ready to take new sessions", registry=r)
+
+        self.goroutine_baseline.set(-1)
+        for owner in OWNER_STATES:
+            self.asyncio_tasks.labels(owner=owner)
+        for reason in CLOSE_REASONS:
+            self.sessions_closed.labels(reason=reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
