@@ -1,0 +1,67 @@
+"""Count the process's asyncio tasks by owner state, and its threads.
+
+This is the Python counterpart of Go's ``runtime.NumGoroutine()``, split so that the leak
+decision can leave out what load explains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+from media_service.leak.ownership import OwnerState, TaskOwnership
+
+#: Threads that aiortc starts per received track (``RTCRtpReceiver`` names them after the kind)
+#: and joins when the receiver stops. They grow with the sessions, like the sessions' tasks, so the
+#: decision leaves them out; a peer connection that leaks them also leaks its tasks, which count.
+SESSION_THREAD_NAMES = frozenset({"audio-decoder", "video-decoder"})
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    live: int  # tasks of open owners
+    closed: int  # tasks of owners closed within the grace period
+    orphaned: int  # tasks of owners closed longer ago than the grace period
+    unowned: int  # tasks that belong to no owner
+    threads: int  # Python threads, the main thread included
+    session_threads: int  # of which per-session media workers (SESSION_THREAD_NAMES)
+
+    @property
+    def tasks(self) -> int:
+        return self.live + self.closed + self.orphaned + self.unowned
+
+    @property
+    def total(self) -> int:
+        """Tasks + threads: the raw count (``media_goroutine_count``)."""
+        return self.tasks + self.threads
+
+    @property
+    def unexplained(self) -> int:
+        """What load cannot explain: unowned tasks, orphans, and threads that are not per-session
+        workers. Tasks of recently closed owners are left out while they wind down."""
+        return self.unowned + self.orphaned + self.threads - self.session_threads
+
+
+def take_census(
+    ownership: TaskOwnership,
+    *,
+    grace: float,
+    now: float | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Census:
+    """Count the pending tasks of ``loop`` (the running loop by default) and all threads."""
+    now = time.monotonic() if now is None else now
+    counts = dict.fromkeys(OwnerState, 0)
+    for task in asyncio.all_tasks(loop):
+        counts[ownership.state_of(task, now, grace)] += 1
+    threads = threading.enumerate()
+    return Census(
+        live=counts[OwnerState.LIVE],
+        closed=counts[OwnerState.CLOSED],
+        orphaned=counts[OwnerState.ORPHANED],
+        unowned=counts[OwnerState.NONE],
+        threads=len(threads),
+        session_threads=sum(1 for t in threads if t.name in SESSION_THREAD_NAMES),
+    )

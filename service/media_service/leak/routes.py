@@ -1,0 +1,33 @@
+"""Admin routes of the leak detector: ``GET /debug/tasks`` and, for fire drills only,
+``POST /debug/leak?tasks=N`` and ``DELETE /debug/leak``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from media_service.leak.detector import LeakDetector
+from media_service.leak.faults import parse_task_count
+
+
+def leak_routes(detector: LeakDetector, *, fault_injection: bool) -> list[Route]:
+    async def debug_tasks(request: Request) -> JSONResponse:
+        return JSONResponse(detector.dump())
+
+    async def start_leak(request: Request) -> JSONResponse:
+        try:
+            count = parse_task_count(request.query_params.get("tasks"), detector.faults.limit)
+            active = detector.faults.start(count)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"started": count, "active": active})
+
+    async def stop_leak(request: Request) -> JSONResponse:
+        return JSONResponse({"stopped": await detector.faults.stop(), "active": detector.faults.active})
+
+    routes = [Route("/debug/tasks", debug_tasks, methods=["GET"])]
+    if fault_injection:
+        routes.append(Route("/debug/leak", start_leak, methods=["POST"]))
+        routes.append(Route("/debug/leak", stop_leak, methods=["DELETE"]))
+    return routes

@@ -1,0 +1,119 @@
+"""The task dump behind ``GET /debug/tasks``: Python's counterpart of Go's goroutine profile.
+
+Live tasks are grouped by coroutine name and owner state, largest group first, each with one
+sample await stack. Python 3.11's ``Task.get_stack()`` shows only the outermost frame of a
+suspended task, so the stack here follows the ``cr_await`` chain down to what the task waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from media_service.leak.ownership import OwnerState, TaskOwnership
+
+# Numbered threads of one pool ("asyncio_3", "Thread-7 (worker)") are one group.
+_THREAD_NUMBER = re.compile(r"(?<=[_-])\d+\b")
+
+
+def coroutine_name(coro: object) -> str:
+    """``module.qualname`` of a task's coroutine (or the type name of another awaitable)."""
+    qualname = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+    frame = _frame_of(coro)
+    module = frame.f_globals.get("__name__") if frame is not None else None
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _frame_of(awaitable: object) -> FrameType | None:
+    for attr in ("cr_frame", "gi_frame", "ag_frame"):
+        frame = getattr(awaitable, attr, None)
+        if frame is not None:
+            return frame
+    return None
+
+
+def _awaited_by(awaitable: object) -> object | None:
+    for attr in ("cr_await", "gi_yieldfrom", "ag_await"):
+        inner = getattr(awaitable, attr, None)
+        if inner is not None:
+            return inner
+    return None
+
+
+def await_stack(task: asyncio.Future[Any], limit: int = 32) -> list[str]:
+    """Frames from the task's coroutine down to the innermost await, then what that awaits."""
+    get_coro = getattr(task, "get_coro", None)
+    awaitable: object | None = get_coro() if get_coro is not None else None
+    lines: list[str] = []
+    while awaitable is not None and len(lines) < limit:
+        frame = _frame_of(awaitable)
+        if frame is None:
+            lines.append(f"awaiting {type(awaitable).__module__}.{type(awaitable).__qualname__}")
+            break
+        code = frame.f_code
+        lines.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_qualname}")
+        awaitable = _awaited_by(awaitable)
+    return lines
+
+
+@dataclass
+class _Group:
+    coroutine: str
+    owner: OwnerState
+    count: int = 0
+    owners: set[str] = field(default_factory=set)
+    example: asyncio.Future[Any] | None = None
+
+
+def task_dump(
+    ownership: TaskOwnership,
+    *,
+    grace: float,
+    now: float | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    stack_limit: int = 32,
+    owner_names_limit: int = 5,
+) -> dict[str, Any]:
+    """A JSON-ready dump of the pending tasks of ``loop`` (the running loop by default) and the threads."""
+    now = time.monotonic() if now is None else now
+    groups: dict[tuple[str, OwnerState], _Group] = {}
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        owner = ownership.owner_of(task)
+        state = OwnerState.NONE if owner is None else owner.state(now, grace)
+        name = coroutine_name(task.get_coro())
+        group = groups.get((name, state))
+        if group is None:
+            group = groups[(name, state)] = _Group(name, state, example=task)
+        group.count += 1
+        if owner is not None:
+            group.owners.add(owner.name)
+    ordered = sorted(groups.values(), key=lambda g: (-g.count, g.coroutine, g.owner))
+    threads = threading.enumerate()
+    thread_groups = Counter(_THREAD_NUMBER.sub("N", t.name) for t in threads)
+    return {
+        "tasks": len(tasks),
+        "threads": len(threads),
+        "groups": [
+            {
+                "coroutine": g.coroutine,
+                "owner": g.owner.value,
+                "count": g.count,
+                "owners": len(g.owners),
+                "owner_names": sorted(g.owners)[:owner_names_limit],
+                "task_name": g.example.get_name() if isinstance(g.example, asyncio.Task) else None,
+                "stack": await_stack(g.example, stack_limit) if g.example is not None else [],
+            }
+            for g in ordered
+        ],
+        "thread_groups": [
+            {"name": name, "count": count}
+            for name, count in sorted(thread_groups.items(), key=lambda item: (-item[1], item[0]))
+        ],
+    }
