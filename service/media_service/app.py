@@ -1,0 +1,115 @@
+"""The two ASGI apps: the public one (demo page, signaling, WHIP) and the admin one (health,
+readiness, metrics, debug, drain). Admin routes never exist on the public listener."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from importlib.resources import files
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from media_service.core import MediaService
+from media_service.leak import Owner
+from media_service.leak.routes import leak_routes
+from media_service.lifecycle import RETRY_AFTER_SECONDS
+from media_service.signaling import SignalingConnection
+from media_service.whip import whip_routes
+
+NAME = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
+
+
+class WebSocketSink:
+    """What the hub writes to: one Starlette WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send_text(self, data: str) -> None:
+        await self._websocket.send_text(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._websocket.application_state is not WebSocketState.DISCONNECTED:
+            await self._websocket.close(code, reason)
+
+
+async def signaling(websocket: WebSocket) -> None:
+    service: MediaService = websocket.app.state.service
+    user = websocket.query_params.get("user") or f"anonymous-{secrets.token_hex(4)}"
+    device = websocket.query_params.get("device") or secrets.token_hex(4)
+    await websocket.accept()
+    if not (NAME.fullmatch(user) and NAME.fullmatch(device)):
+        await websocket.send_json({"type": "error", "code": "bad_request",
+                                   "message": "user and device are 1-128 characters of A-Z a-z 0-9 . _ @ : + -"})
+        await websocket.close(1008, "invalid user or device")
+        return
+    if service.lifecycle.draining:
+        await websocket.send_json({"type": "draining", "retry_after": RETRY_AFTER_SECONDS})
+        await websocket.close(1001, "draining")
+        return
+    # This task was started by uvicorn before any owner existed: the connection owns it from here,
+    # and with it the hub's writer task and everything signaling starts outside a session.
+    owner = Owner(f"ws:{service.next_connection_id()}")
+    service.leaks.ownership.adopt_current(owner)
+    client = service.hub.connect(user, device, WebSocketSink(websocket))
+    connection = SignalingConnection(service, client)
+    try:
+        while not client.closed.is_set():
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("text") is not None:
+                await connection.handle_text(message["text"])
+            else:
+                connection.error("bad_request", "binary frames are not part of the protocol")
+    finally:
+        await connection.close()
+        await service.hub.disconnect(client)
+        owner.close()
+
+
+async def demo_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(files("media_service").joinpath("static/index.html").read_text())
+
+
+def public_app(service: MediaService) -> Starlette:
+    app = Starlette(routes=[
+        Route("/", demo_page, methods=["GET"]),
+        WebSocketRoute("/ws", signaling),
+        *whip_routes(service),
+    ])
+    app.state.service = service
+    return app
+
+
+def admin_app(service: MediaService, start_drain: Callable[[str], None]) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> JSONResponse:
+        state = service.lifecycle.state.value
+        return JSONResponse({"status": state}, 200 if service.lifecycle.accepting else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def drain(request: Request) -> JSONResponse:
+        start_drain("admin")
+        return JSONResponse({"status": service.lifecycle.state.value,
+                             "sessions": len(service.sessions)}, 202)
+
+    app = Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin/drain", drain, methods=["POST"]),
+        *leak_routes(service.leaks, fault_injection=service.settings.fault_injection),
+    ])
+    app.state.service = service
+    return app

@@ -1,0 +1,146 @@
+"""Run both listeners in one event loop and own the process lifecycle.
+
+The service, not uvicorn, handles SIGTERM and SIGINT: uvicorn would stop accepting connections at
+once, before readiness could turn false and before clients could be told to move. Here the first
+signal starts the drain (readiness 503, clients told, new sessions refused, existing ones go on),
+the process exits once no session is left or the drain window ends, and a second signal closes
+everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from media_service import logs
+from media_service.app import admin_app, public_app
+from media_service.config import Settings
+from media_service.core import MediaService
+from media_service.lifecycle import RETRY_AFTER_SECONDS
+from media_service.ws_protocol import DroppingWebSocketProtocol
+
+log = logs.get("media_service.server")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+
+
+class ListenError(RuntimeError):
+    pass
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are the Runner's: see the module docstring
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before serving, so a taken port is one clear line rather than a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Runner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = MediaService(settings)
+        self._signals = 0
+        self._exit_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._forced = False
+
+    async def run(self) -> int:
+        settings, service = self.settings, self.service
+        await service.leaks.start()  # first: every task from here on gets an owner state
+        sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
+        common = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
+        public = _EmbeddedServer(uvicorn.Config(
+            public_app(service), ws=DroppingWebSocketProtocol, ws_max_size=settings.ws_max_message_bytes,
+            timeout_graceful_shutdown=2, **common,
+        ))
+        admin = _EmbeddedServer(uvicorn.Config(admin_app(service, self.drain), timeout_graceful_shutdown=1, **common))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        empty = contextvars.Context()  # the servers' own tasks belong to no session
+        servers = [loop.create_task(s.serve(sockets=[sock]), context=empty.copy()) for s, sock in
+                   zip((public, admin), sockets, strict=True)]
+        try:
+            while not (public.started and admin.started):
+                if any(task.done() for task in servers) or self._stop.is_set():
+                    break
+                await asyncio.sleep(0.005)
+            if service.lifecycle.mark_ready():
+                log.info("server_started", public=f"{settings.host}:{settings.port}",
+                         admin=f"{settings.admin_bind_host}:{settings.admin_port}",
+                         max_sessions=settings.max_sessions, drain_seconds=settings.drain_seconds)
+            await asyncio.wait([loop.create_task(self._stop.wait()), *servers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for server in (public, admin):
+                server.should_exit = True
+                server.force_exit = self._forced
+            await asyncio.gather(*servers, return_exceptions=True)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            for sock in sockets:
+                sock.close()
+            await service.leaks.stop()
+            service.lifecycle.mark_stopped()
+        log.info("server_stopped", forced=self._forced)
+        return EXIT_FORCED if self._forced else EXIT_OK
+
+    def drain(self, source: str) -> None:
+        """Start draining (idempotent). Without a signal the process keeps running: /admin/drain."""
+        service = self.service
+        if not service.lifecycle.begin_drain():
+            return
+        notified = service.hub.broadcast({"type": "draining", "retry_after": RETRY_AFTER_SECONDS})
+        log.info("drain_started", source=source, sessions=len(service.sessions), clients=notified,
+                 window_seconds=self.settings.drain_seconds)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            self.drain(name)
+            self._exit_task = asyncio.get_running_loop().create_task(
+                self._drain_then_exit(), context=contextvars.Context())
+        else:
+            log.warning("forced_shutdown", signal=name, sessions=len(self.service.sessions))
+            self._forced = True
+            if self._exit_task is not None:
+                self._exit_task.cancel()
+            self._exit_task = asyncio.get_running_loop().create_task(
+                self._close_everything(), context=contextvars.Context())
+
+    async def _drain_then_exit(self) -> None:
+        service = self.service
+        window = service.lifecycle.drain_remaining(self.settings.drain_seconds)
+        try:
+            await asyncio.wait_for(service.sessions.empty.wait(), window)
+            log.info("drain_complete", reason="no sessions left")
+        except asyncio.TimeoutError:
+            log.info("drain_window_ended", sessions=len(service.sessions))
+        await self._close_everything()
+
+    async def _close_everything(self) -> None:
+        service = self.service
+        closed = await service.sessions.close_all("shutdown")
+        log.info("sessions_closed", count=closed, reason="shutdown")
+        await service.hub.close_all(1001, "server shutting down")
+        self._stop.set()

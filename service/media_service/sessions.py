@@ -1,0 +1,264 @@
+"""WebRTC sessions: one aiortc RTCPeerConnection each, echoing back whatever the peer sends.
+
+Every session is bounded (remote ICE candidates, time to connect, time to close) and removed the
+moment its peer connection fails or closes. All its tasks, including the ones aiortc starts, are
+created under the session's owner id, so the leak detector can tell a live session's tasks from
+orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from media_service import logs
+from media_service.config import Settings
+from media_service.ice import rtc_configuration
+from media_service.metrics import ServiceMetrics
+from media_service.leak.ownership import Owner, owned_by
+
+log = logs.get("media_service.sessions")
+
+OnClosed = Callable[["Session", str], None]
+
+
+class SessionError(Exception):
+    """A refused request; ``code`` is the protocol's error code."""
+
+    code = "internal"
+    retryable = False
+
+
+class BadRequest(SessionError):
+    code = "bad_request"
+
+
+class UnknownSession(SessionError):
+    code = "unknown_session"
+
+
+class CandidateLimit(SessionError):
+    code = "ice_candidate_limit"
+
+
+class SessionLimit(SessionError):
+    code = "session_limit"
+    retryable = True
+
+
+class Draining(SessionError):
+    code = "draining"
+    retryable = True
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    pc: RTCPeerConnection
+    owner: Owner
+    candidates: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_reason: str | None = None
+    listeners: list[OnClosed] = field(default_factory=list)
+
+
+class SessionManager:
+    """Creates, tracks and closes sessions; the only place that touches RTCPeerConnection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._accepting = accepting
+        self._sessions: dict[str, Session] = {}
+        self._reserved = 0  # offers being answered: they hold a slot before they exist
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise UnknownSession(f"no session {session_id!r}") from None
+
+    async def open(self, offer_sdp: Any, on_closed: OnClosed | None = None) -> tuple[Session, str]:
+        """Answer an offer: returns the new session and the answer SDP."""
+        if not self._accepting():
+            raise Draining("the server is draining; retry on another instance")
+        if len(self._sessions) + self._reserved >= self._settings.max_sessions:
+            raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
+        if not isinstance(offer_sdp, str) or not offer_sdp.strip():
+            raise BadRequest("offer needs a non-empty 'sdp' string")
+        session_id = secrets.token_urlsafe(12)
+        owner = Owner(f"session:{session_id}")
+        self._reserved += 1
+        try:
+            with owned_by(owner):
+                pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
+                session = Session(session_id, pc, owner)
+                if on_closed is not None:
+                    session.listeners.append(on_closed)
+                self._wire(session)
+                try:
+                    answer = await asyncio.wait_for(self._answer(pc, offer_sdp), self._settings.session_connect_timeout)
+                except BaseException as exc:
+                    await self._close_pc(session)
+                    if isinstance(exc, (ValueError, AssertionError, IndexError, KeyError)):
+                        raise BadRequest(f"offer rejected: {exc or type(exc).__name__}") from None
+                    if isinstance(exc, asyncio.TimeoutError):
+                        raise SessionError("timed out answering the offer") from None
+                    raise
+        except BaseException:
+            owner.close()
+            raise
+        finally:
+            self._reserved -= 1
+        self._sessions[session_id] = session
+        self.empty.clear()
+        self._metrics.sessions_created.inc()
+        self._metrics.sessions_active.set(len(self._sessions))
+        self._timers[session_id] = asyncio.get_running_loop().call_later(
+            self._settings.session_connect_timeout, self._connect_deadline, session
+        )
+        log.debug("session_opened", session=session_id, active=len(self._sessions))
+        return session, answer
+
+    @staticmethod
+    async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    def _wire(self, session: Session) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def echo_track(track: MediaStreamTrack) -> None:
+            pc.addTrack(track)
+
+        @pc.on("datachannel")
+        def echo_channel(channel: RTCDataChannel) -> None:
+            @channel.on("message")
+            def echo(message: str | bytes) -> None:
+                if channel.readyState == "open":
+                    channel.send(message)
+
+        @pc.on("connectionstatechange")
+        def state_changed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.close_soon(session.id, "failed" if pc.connectionState == "failed" else "closed")
+            elif pc.connectionState == "connected":
+                timer = self._timers.pop(session.id, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _connect_deadline(self, session: Session) -> None:
+        self._timers.pop(session.id, None)
+        if session.pc.connectionState != "connected":
+            self.close_soon(session.id, "timeout")
+
+    async def add_candidate(self, session_id: str, candidate: Any) -> None:
+        """Add one remote candidate (a dict as in RTCIceCandidateInit), or None/'' to end trickling."""
+        session = self.get(session_id)
+        if candidate is None or (isinstance(candidate, dict) and not candidate.get("candidate")):
+            with owned_by(session.owner):
+                await session.pc.addIceCandidate(None)
+            return
+        if session.candidates >= self._settings.max_ice_candidates:
+            self._metrics.ice_candidates_rejected.inc()
+            raise CandidateLimit(
+                f"session {session_id} already has {self._settings.max_ice_candidates} remote candidates"
+            )
+        ice = parse_candidate(candidate)
+        session.candidates += 1
+        with owned_by(session.owner):
+            try:
+                await session.pc.addIceCandidate(ice)
+            except ValueError as exc:
+                raise BadRequest(f"candidate rejected: {exc}") from None
+
+    def close_soon(self, session_id: str, reason: str) -> None:
+        """Close from a callback: the task is tracked so shutdown can wait for it."""
+        if session_id not in self._sessions:
+            return
+        task = asyncio.get_running_loop().create_task(self.close(session_id, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, session_id: str, reason: str) -> bool:
+        """Close and forget a session; False if it was already gone. Never raises for the peer."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        session.close_reason = reason
+        self._metrics.sessions_active.set(len(self._sessions))
+        self._metrics.sessions_closed.labels(reason=reason).inc()
+        if not self._sessions:
+            self.empty.set()
+        await self._close_pc(session)
+        session.owner.close()
+        session.closed.set()
+        for listener in session.listeners:
+            listener(session, reason)
+        log.debug("session_closed", session=session_id, reason=reason, active=len(self._sessions))
+        return True
+
+    async def _close_pc(self, session: Session) -> None:
+        try:
+            await asyncio.wait_for(session.pc.close(), self._settings.session_close_timeout)
+        except asyncio.TimeoutError:
+            log.warning("peer_close_timeout", session=session.id, timeout=self._settings.session_close_timeout)
+        except Exception:  # the peer's state must never keep a session alive
+            log.exception("peer_close_failed", session=session.id)
+
+    async def close_all(self, reason: str) -> int:
+        ids = list(self._sessions)
+        await asyncio.gather(*(self.close(i, reason) for i in ids))
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        return len(ids)
+
+
+def parse_candidate(candidate: Any):
+    """An aiortc RTCIceCandidate from an RTCIceCandidateInit dict, or BadRequest."""
+    if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate"), str):
+        raise BadRequest("candidate must be an object with a 'candidate' string")
+    line = candidate["candidate"].strip()
+    line = line.removeprefix("a=").removeprefix("candidate:")
+    if len(line.split()) < 8 or len(line) > 1024:
+        raise BadRequest("candidate is not an ICE candidate line")
+    try:
+        ice = candidate_from_sdp(line)
+    except (AssertionError, ValueError, IndexError) as exc:
+        raise BadRequest(f"candidate is not an ICE candidate line ({exc or type(exc).__name__})") from None
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+    if mid is not None and not isinstance(mid, str):
+        raise BadRequest("sdpMid must be a string")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise BadRequest("sdpMLineIndex must be a non-negative integer")
+    if mid is None and index is None:
+        raise BadRequest("candidate needs sdpMid or sdpMLineIndex")
+    ice.sdpMid, ice.sdpMLineIndex = mid, index
+    return ice

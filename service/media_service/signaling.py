@@ -1,0 +1,137 @@
+"""The WebSocket signaling protocol for one connection (JSON text frames; see docs/protocol.md).
+
+Plain logic over the session manager and the hub: the Starlette endpoint only feeds it frames.
+Every refusal is answered with an ``error`` message and leaves the connection usable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from media_service import logs
+from media_service.ratelimit import TokenBucket
+from media_service.sessions import BadRequest, Session, SessionError, SessionLimit, UnknownSession
+
+if TYPE_CHECKING:
+    from media_service.core import MediaService
+    from media_service.hub import Client
+
+log = logs.get("media_service.signaling")
+
+#: Offers one connection may hold open at once; the process-wide cap is MEDIA_MAX_SESSIONS.
+MAX_SESSIONS_PER_CONNECTION = 8
+#: A flooding client gets one rate_limited error a second, not one per dropped message.
+RATE_ERROR_INTERVAL = 1.0
+
+
+class SignalingConnection:
+    def __init__(self, service: MediaService, client: Client) -> None:
+        self._service = service
+        self._client = client
+        self.sessions: set[str] = set()
+        limit = service.settings.ws_rate_limit
+        self._bucket = TokenBucket(rate=limit, burst=max(1.0, 2 * limit))
+        self._last_rate_error = float("-inf")
+        self._handlers = {
+            "offer": self._offer,
+            "candidate": self._candidate,
+            "bye": self._bye,
+            "message": self._message,
+            "ping": self._ping,
+        }
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._service.hub.send(self._client, message)
+
+    def error(self, code: str, message: str, session: str | None = None) -> None:
+        self._service.metrics.ws_messages_rejected.labels(code=code).inc()
+        body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if session is not None:
+            body["session"] = session
+        self.send(body)
+
+    async def handle_text(self, text: str) -> None:
+        if not self._bucket.take():
+            now = time.monotonic()
+            if now - self._last_rate_error >= RATE_ERROR_INTERVAL:
+                self._last_rate_error = now
+                self.error("rate_limited", f"more than {self._service.settings.ws_rate_limit:g} messages a second")
+            else:
+                self._service.metrics.ws_messages_rejected.labels(code="rate_limited").inc()
+            return
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.error("bad_request", f"malformed JSON: {exc.msg} at position {exc.pos}")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.error("bad_request", "a message is a JSON object with a string 'type'")
+            return
+        handler = self._handlers.get(message["type"])
+        if handler is None:
+            self.error("bad_request", f"unknown message type {message['type'][:64]!r}")
+            return
+        session = message.get("session") if isinstance(message.get("session"), str) else None
+        try:
+            await handler(message)
+        except SessionError as exc:
+            self.error(exc.code, str(exc), session)
+        except Exception:
+            log.exception("signaling_failed", type=message["type"])
+            self.error("internal", "internal error handling the message", session)
+
+    async def close(self) -> None:
+        """The connection is gone: its sessions go with it, so nothing outlives the client."""
+        for session_id in list(self.sessions):
+            await self._service.sessions.close(session_id, "closed")
+
+    async def _offer(self, message: dict[str, Any]) -> None:
+        if len(self.sessions) >= MAX_SESSIONS_PER_CONNECTION:
+            self._service.metrics.sessions_rejected.labels(code="session_limit").inc()
+            raise SessionLimit(f"at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection")
+        try:
+            session, answer = await self._service.sessions.open(message.get("sdp"), on_closed=self._session_closed)
+        except SessionError as exc:
+            self._service.metrics.sessions_rejected.labels(code=exc.code).inc()
+            raise
+        self.sessions.add(session.id)
+        self.send({"type": "answer", "session": session.id, "sdp": answer})
+
+    def _own_session(self, message: dict[str, Any]) -> str:
+        session_id = message.get("session")
+        if not isinstance(session_id, str):
+            raise BadRequest(f"{message['type']} needs a 'session' string")
+        if session_id not in self.sessions:
+            # Sessions of other connections are invisible: same answer as a session that never was.
+            raise UnknownSession(f"no session {session_id[:64]!r} on this connection")
+        return session_id
+
+    async def _candidate(self, message: dict[str, Any]) -> None:
+        session_id = self._own_session(message)
+        if "candidate" not in message:
+            raise BadRequest("candidate message needs a 'candidate' (null ends trickling)")
+        await self._service.sessions.add_candidate(session_id, message["candidate"])
+
+    async def _bye(self, message: dict[str, Any]) -> None:
+        await self._service.sessions.close(self._own_session(message), "closed")
+
+    async def _message(self, message: dict[str, Any]) -> None:
+        to = message.get("to")
+        if not isinstance(to, str) or not to:
+            raise BadRequest("message needs a non-empty 'to' string")
+        relayed = {
+            "type": "message",
+            "from": {"user": self._client.user, "device": self._client.device},
+            "data": message.get("data"),
+        }
+        if self._service.hub.send_to_user(to, relayed) == 0:
+            self.error("not_online", f"user {to[:64]!r} has no device connected")
+
+    async def _ping(self, message: dict[str, Any]) -> None:
+        self.send({"type": "pong"})
+
+    def _session_closed(self, session: Session, reason: str) -> None:
+        self.sessions.discard(session.id)
+        self.send({"type": "bye", "session": session.id, "reason": reason})

@@ -1,0 +1,125 @@
+"""WHIP (RFC 9725): POST an SDP offer, PATCH trickled candidates, DELETE to end the session."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from media_service.lifecycle import RETRY_AFTER_SECONDS
+from media_service.sessions import BadRequest, SessionError
+
+if TYPE_CHECKING:
+    from media_service.core import MediaService
+
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, If-Match, Authorization",
+    "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After",
+}
+STATUS = {"bad_request": 400, "unknown_session": 404, "ice_candidate_limit": 422,
+          "session_limit": 503, "draining": 503, "internal": 500}
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+def parse_sdpfrag(body: str) -> list[dict[str, Any] | None]:
+    """Candidates of a trickle-ice-sdpfrag body (RFC 8840) as RTCIceCandidateInit dicts, in order;
+    ``None`` stands for ``a=end-of-candidates``. The media section's ``a=mid`` applies to the
+    candidate lines that follow it."""
+    candidates: list[dict[str, Any] | None] = []
+    mid: str | None = None
+    index = -1
+    for raw in body.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            index += 1
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line.removeprefix("a=mid:")
+        elif line.startswith("a=candidate:"):
+            candidates.append({"candidate": line.removeprefix("a="), "sdpMid": mid,
+                               "sdpMLineIndex": max(index, 0) if mid is None else None})
+        elif line == "a=end-of-candidates":
+            candidates.append(None)
+    return candidates
+
+
+def error(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, STATUS.get(code, 400), {**CORS, **(headers or {})})
+
+
+def whip_routes(service: MediaService) -> list[Route]:
+    limit = service.settings.whip_max_body_bytes
+
+    async def body_text(request: Request) -> str:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge
+            chunks.append(chunk)
+        try:
+            return b"".join(chunks).decode()
+        except UnicodeDecodeError:
+            raise BadRequest("body is not UTF-8 text") from None
+
+    async def guarded(request: Request, content_type: str, handler) -> Response:  # type: ignore[no-untyped-def]
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != content_type:
+            return JSONResponse(
+                {"error": "unsupported_media_type", "message": f"Content-Type must be {content_type}"}, 415, CORS)
+        try:
+            return await handler(await body_text(request))
+        except PayloadTooLarge:
+            return JSONResponse({"error": "payload_too_large", "message": f"body over {limit} bytes"}, 413, CORS)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except SessionError as exc:
+            retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.retryable else None
+            return error(exc.code, str(exc), retry)
+
+    async def create(request: Request) -> Response:
+        async def handle(sdp: str) -> Response:
+            session, answer = await service.sessions.open(sdp)
+            return Response(answer, 201, {**CORS, "Location": f"/whip/{session.id}", "ETag": f'"{session.id}"',
+                                          "Accept-Patch": SDPFRAG}, media_type=SDP)
+
+        return await guarded(request, SDP, handle)
+
+    async def trickle(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+
+        async def handle(body: str) -> Response:
+            service.sessions.get(session_id)  # 404 before parsing
+            for candidate in parse_sdpfrag(body):
+                await service.sessions.add_candidate(session_id, candidate)
+            return Response(status_code=204, headers=CORS)
+
+        return await guarded(request, SDPFRAG, handle)
+
+    async def delete(request: Request) -> Response:
+        if not await service.sessions.close(request.path_params["session_id"], "closed"):
+            return error("unknown_session", "no such session")
+        return Response(status_code=200, headers=CORS)
+
+    async def options(request: Request) -> Response:
+        return Response(status_code=204, headers={**CORS, "Accept-Post": SDP, "Accept-Patch": SDPFRAG})
+
+    return [
+        Route("/whip", create, methods=["POST"]),
+        Route("/whip", options, methods=["OPTIONS"]),
+        Route("/whip/{session_id}", trickle, methods=["PATCH"]),
+        Route("/whip/{session_id}", delete, methods=["DELETE"]),
+        Route("/whip/{session_id}", options, methods=["OPTIONS"]),
+    ]
+
