@@ -46,6 +46,13 @@ def _awaited_by(awaitable: object) -> object | None:
     return None
 
 
+def _awaitable_name(awaitable: object) -> str:
+    kind = type(awaitable)
+    if kind.__qualname__ == "FutureIter":  # what `await future` leaves in cr_await (C asyncio)
+        return "asyncio.Future"
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def await_stack(task: asyncio.Future[Any], limit: int = 32) -> list[str]:
     """Frames from the task's coroutine down to the innermost await, then what that awaits."""
     get_coro = getattr(task, "get_coro", None)
@@ -54,7 +61,7 @@ def await_stack(task: asyncio.Future[Any], limit: int = 32) -> list[str]:
     while awaitable is not None and len(lines) < limit:
         frame = _frame_of(awaitable)
         if frame is None:
-            lines.append(f"awaiting {type(awaitable).__module__}.{type(awaitable).__qualname__}")
+            lines.append(f"awaiting {_awaitable_name(awaitable)}")
             break
         code = frame.f_code
         lines.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_qualname}")
