@@ -1,0 +1,305 @@
+"""The signaling hub: fan-out of JSON messages to WebSocket clients through bounded per-client queues.
+
+Every client has its own queue and one writer task that sends from it. Producers (``send``,
+``send_to_user``, ``broadcast``) are synchronous: they serialise the message once, append the text to
+each queue and return, so a fan-out costs O(clients) and never waits for any client.
+
+A client that cannot keep up is dropped instead of slowing anyone down:
+
+* each websocket send is bounded by ``send_timeout`` (uvicorn applies real TCP backpressure, so the
+  send of a client that stops reading blocks);
+* a queue holds at most ``buffer`` messages. A message that finds it full waits behind it, like a
+  sender blocked on a full channel, but without a task: one timer per client is armed when the queue
+  overflows and cancelled once the writer has taken the waiting messages in. If it fires, the client
+  is dropped. The waiting messages are capped at ``buffer`` as well, so a client never holds more than
+  ``2 * buffer`` references to texts that are shared with every other client of the fan-out.
+
+So a client receives every message in order, or is dropped: there is never a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any, Protocol
+
+from media_service.logs import get as get_logger
+from media_service.metrics import ServiceMetrics
+
+log = get_logger(__name__)
+
+# 1013 "Try Again Later": the drop is a transient, server-side capacity decision (the client or its
+# network was too slow for a moment), so the client should reconnect with backoff. 1008 "Policy
+# Violation" is for a client that sent something it must not, which a reconnect would repeat.
+CLOSE_SLOW_CLIENT = 1013
+
+
+class MessageSink(Protocol):
+    """What the hub writes to: a thin adapter over starlette's WebSocket."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class _State(Enum):
+    ACTIVE = "active"  # in the hub, taking messages
+    CLOSING = "closing"  # close_all: flushing what is queued, then a close frame
+    DROPPED = "dropped"  # too slow: queue discarded, close frame 1013
+    GONE = "gone"  # disconnected or its connection failed: nothing more to send
+
+
+class DropReason(str, Enum):
+    SEND_TIMEOUT = "send_timeout"  # one websocket send took longer than send_timeout
+    QUEUE_FULL = "queue_full"  # the queue stayed full for send_timeout, or the waiting overflowed
+    DISCONNECTED = "disconnected"  # the endpoint ended the connection
+    SEND_FAILED = "send_failed"  # the connection broke under a send
+    SHUTDOWN = "shutdown"  # close_all
+
+
+class Client:
+    """One WebSocket connection of a device. ``closed`` is set once it leaves the hub."""
+
+    __slots__ = (
+        "user", "device", "sink", "closed", "reason",
+        "_state", "_queue", "_wakeup", "_stall", "_inflight", "_close", "_flush_deadline", "_writer",
+    )
+
+    def __init__(self, user: str, device: str, sink: MessageSink) -> None:
+        self.user = user
+        self.device = device
+        self.sink = sink
+        self.closed = asyncio.Event()
+        self.reason: DropReason | None = None
+        self._state = _State.ACTIVE
+        self._queue: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._stall: asyncio.TimerHandle | None = None
+        self._inflight: asyncio.Timeout | None = None
+        self._close: tuple[int, str] | None = None
+        self._flush_deadline = 0.0
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Messages accepted but not yet handed to the websocket (waiting ones included)."""
+        return len(self._queue)
+
+    def __repr__(self) -> str:
+        return f"Client({self.user!r}, {self.device!r}, {self._state.value})"
+
+
+def encode(message: dict[str, Any]) -> str:
+    # ASCII escapes keep lone surrogates from a client's JSON encodable: a text that fails to encode
+    # at send time would break the connection of every recipient.
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("hub_writer_crashed", task=task.get_name(), exc_info=exc)
+
+
+class Hub:
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        buffer: int = 256,
+        send_timeout: float = 1.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if buffer < 1 or send_timeout <= 0 or close_timeout <= 0:
+            raise ValueError("buffer, send_timeout and close_timeout must be positive")
+        self._metrics = metrics
+        self._buffer = buffer
+        self._limit = 2 * buffer  # queued + waiting
+        self._send_timeout = send_timeout
+        # A dropped client's close frame may wait for its socket to drain a little longer than a send:
+        # if the client reads again it learns why it was closed. The writer ends either way.
+        self._close_timeout = close_timeout
+        self._users: dict[str, dict[Client, None]] = {}
+        self._clients: dict[Client, None] = {}
+        metrics.ws_clients.set(0)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def connect(self, user: str, device: str, sink: MessageSink) -> Client:
+        """Register a connection and start its writer in the caller's context (for task ownership)."""
+        client = Client(user, device, sink)
+        self._clients[client] = None
+        self._users.setdefault(user, {})[client] = None
+        self._metrics.ws_clients.set(len(self._clients))
+        client._writer = asyncio.create_task(self._write(client), name=f"hub-writer:{user}/{device}")
+        client._writer.add_done_callback(_report_crash)
+        return client
+
+    async def disconnect(self, client: Client) -> None:
+        """Idempotent. Stops the writer; a pending close frame (drop, shutdown) gets its bounded chance."""
+        self._remove(client, _State.GONE, DropReason.DISCONNECTED)
+        writer = client._writer
+        if writer is None or writer.done():
+            return
+        if client._close is None:
+            writer.cancel()
+        try:
+            await asyncio.wait((writer,))
+        except asyncio.CancelledError:
+            writer.cancel()
+            raise
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Flush every queue (bounded by send_timeout), then close each client with ``code``."""
+        deadline = asyncio.get_running_loop().time() + self._send_timeout
+        writers = []
+        for client in list(self._clients):
+            client._flush_deadline = deadline
+            if self._remove(client, _State.CLOSING, DropReason.SHUTDOWN):
+                client._close = (code, reason)
+            if client._writer is not None:
+                writers.append(client._writer)
+        if writers:
+            await asyncio.wait(writers)
+
+    # --- producers: synchronous, never wait ----------------------------------------------------
+
+    def send(self, client: Client, message: dict[str, Any]) -> bool:
+        """Queue a message for one client; False if it is no longer taking messages."""
+        return self._offer(client, encode(message))
+
+    def send_to_user(self, user: str, message: dict[str, Any]) -> int:
+        """Queue a message for every connected device of ``user``; returns how many took it."""
+        devices = self._users.get(user)
+        if not devices:
+            return 0
+        text = encode(message)
+        return sum(self._offer(client, text) for client in list(devices))
+
+    def broadcast(self, message: dict[str, Any]) -> int:
+        text = encode(message)
+        return sum(self._offer(client, text) for client in list(self._clients))
+
+    # --- introspection -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(list(self._clients))
+
+    @property
+    def clients(self) -> list[Client]:
+        return list(self._clients)
+
+    def devices(self, user: str) -> list[Client]:
+        return list(self._users.get(user, ()))
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _offer(self, client: Client, text: str) -> bool:
+        if client._state is not _State.ACTIVE:
+            return False
+        queue = client._queue
+        size = len(queue)
+        if size >= self._limit:
+            self._drop(client, DropReason.QUEUE_FULL)
+            return False
+        queue.append(text)
+        if size == 0:
+            client._wakeup.set()
+        elif size >= self._buffer and client._stall is None:
+            client._stall = asyncio.get_running_loop().call_later(self._send_timeout, self._stalled, client)
+        return True
+
+    def _stalled(self, client: Client) -> None:
+        client._stall = None
+        self._drop(client, DropReason.QUEUE_FULL)
+
+    def _drop(self, client: Client, reason: DropReason) -> None:
+        if not self._remove(client, _State.DROPPED, reason):
+            return
+        self._metrics.ws_send_timeouts.inc()
+        client._close = (CLOSE_SLOW_CLIENT, "too slow to receive: dropped")
+        client._queue.clear()
+        if client._inflight is not None:
+            # End the send in progress now rather than when its own timeout fires.
+            client._inflight.reschedule(asyncio.get_running_loop().time())
+        log.warning("ws_client_dropped", user=client.user, device=client.device, reason=reason.value)
+
+    def _remove(self, client: Client, state: _State, reason: DropReason) -> bool:
+        """Take the client out of the hub exactly once; False if it was already out."""
+        if client._state is not _State.ACTIVE:
+            return False
+        client._state = state
+        client.reason = reason
+        self._clients.pop(client, None)
+        devices = self._users.get(client.user)
+        if devices is not None:
+            devices.pop(client, None)
+            if not devices:
+                del self._users[client.user]
+        self._metrics.ws_clients.set(len(self._clients))
+        if client._stall is not None:
+            client._stall.cancel()
+            client._stall = None
+        client.closed.set()
+        client._wakeup.set()
+        return True
+
+    async def _write(self, client: Client) -> None:
+        try:
+            await self._pump(client)
+            if client._close is not None:
+                await self._send_close(client, *client._close)
+        finally:
+            self._remove(client, _State.GONE, DropReason.DISCONNECTED)
+
+    async def _pump(self, client: Client) -> None:
+        queue = client._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            state = client._state
+            if state is _State.DROPPED or state is _State.GONE:
+                return
+            if not queue:
+                if state is _State.CLOSING:
+                    return
+                client._wakeup.clear()
+                await client._wakeup.wait()
+                continue
+            text = queue.popleft()
+            if client._stall is not None and len(queue) <= self._buffer:
+                client._stall.cancel()  # the waiting messages are all in the queue now
+                client._stall = None
+            if state is _State.CLOSING:
+                timeout = max(0.0, client._flush_deadline - loop.time())
+            else:
+                timeout = self._send_timeout
+            try:
+                async with asyncio.timeout(timeout) as inflight:
+                    client._inflight = inflight
+                    try:
+                        await client.sink.send_text(text)
+                    finally:
+                        client._inflight = None
+            except TimeoutError:
+                if client._state is _State.ACTIVE:
+                    self._drop(client, DropReason.SEND_TIMEOUT)
+                return  # dropped, or the shutdown flush ran out of time: go on to the close frame
+            except Exception as exc:  # the connection is gone; the endpoint's reader sees it too
+                log.info("ws_send_failed", user=client.user, device=client.device, error=repr(exc))
+                client._close = None
+                self._remove(client, _State.GONE, DropReason.SEND_FAILED)
+                return
+
+    async def _send_close(self, client: Client, code: int, reason: str) -> None:
+        timeout = self._close_timeout if client._state is _State.DROPPED else self._send_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await client.sink.close(code, reason)
+        except TimeoutError:
+            log.info("ws_close_timeout", user=client.user, device=client.device, code=code)
+        except Exception as exc:  # already closed by the peer
+            log.debug("ws_close_failed", user=client.user, device=client.device, error=repr(exc))
