@@ -1,0 +1,1 @@
+"""media-operator: quarantines media-service pods whose task-leak gauge stays up."""

@@ -1,0 +1,181 @@
+"""The one control loop: scrape every pod in scope, decide, carry out, record.
+
+No per-pod timers or daemons (kopf would add finalizers for those): a single task runs a round
+every scrape interval, or at once when an Alertmanager notification arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from media_operator.decisions import (
+    Action,
+    BlockReason,
+    Blocked,
+    Decider,
+    Delete,
+    Evict,
+    EvictionResult,
+    PodKey,
+    PodView,
+    Quarantine,
+    Reading,
+)
+from media_operator.kube import Kube
+from media_operator.labels import quarantine_patch, rfc3339
+from media_operator.metrics import OperatorMetrics
+from media_operator.podclient import PodClient
+from media_operator.podstore import PodStore
+from media_operator.settings import Settings
+
+log = structlog.get_logger("media_operator.controller")
+
+QUARANTINED_REASON = "LeakQuarantined"
+BLOCKED_REASON = "LeakQuarantineBlocked"
+EVICTED_REASON = "QuarantineEvicted"
+DELETED_REASON = "QuarantineDeleted"
+
+
+@dataclass
+class RoundStats:
+    pods: int = 0
+    seconds: float = 0.0
+    finished_at: float | None = None  # monotonic
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    store: PodStore
+    decider: Decider
+    pods: PodClient
+    kube: Kube
+    metrics: OperatorMetrics
+    clock: Callable[[], float] = time.time
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_round: RoundStats = field(default_factory=RoundStats)
+    started_at: float = field(default_factory=time.monotonic)
+    _storm: bool = False
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            self.wake.clear()
+            try:
+                await self.round()
+            except Exception:  # one bad round must not end the loop; the next one starts afresh
+                log.exception("round failed")
+            remaining = self.settings.scrape_interval - (time.monotonic() - started)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=remaining)
+
+    def healthy(self) -> bool:
+        """Alive while rounds keep finishing (a stuck loop must get the operator restarted)."""
+        limit = 3 * self.settings.scrape_interval + self.settings.scrape_timeout + 30
+        last = self.last_round.finished_at or self.started_at
+        return time.monotonic() - last < limit
+
+    async def round(self) -> None:
+        started = time.monotonic()
+        pods = self.store.snapshot()
+        self.metrics.pods_watched.set(len(pods))
+        scraped = await self.pods.scrape_all((p.key, p.ip) for p in pods if not p.terminating)
+        for result in scraped.values():
+            self.metrics.scrapes.labels(result.result).inc()
+        readings = {key: s.reading for key, s in scraped.items()}
+
+        decision = self.decider.decide(self.clock(), pods, readings)
+        self.metrics.storm.set(1 if decision.storm else 0)
+        if decision.storm != self._storm:
+            self._storm = decision.storm
+            (log.warning if decision.storm else log.info)(
+                "storm guard " + ("on: quarantining none" if decision.storm else "off"),
+                leaky=decision.leaky, serving=decision.serving, fraction=self.settings.storm_fraction)
+
+        by_key = {p.key: p for p in pods}
+        for blocked in decision.blocked:
+            await self._record_block(by_key[blocked.key], blocked)
+        for action in decision.actions:
+            await self._carry_out(by_key[action.key], action, readings.get(action.key))
+        elapsed = time.monotonic() - started
+        self.last_round = RoundStats(len(pods), elapsed, time.monotonic())
+        log.debug("round done", pods=len(pods), seconds=round(elapsed, 3), actions=len(decision.actions))
+
+    async def _record_block(self, pod: PodView, blocked: Blocked) -> None:
+        self.metrics.blocked.labels(blocked.reason.value).inc()
+        log.info("decision blocked", pod=f"{pod.namespace}/{pod.name}", reason=blocked.reason.value,
+                 detail=blocked.detail)
+        type_ = "Warning" if blocked.reason is BlockReason.STORM else "Normal"
+        await self._event(pod, type_, BLOCKED_REASON, f"{blocked.reason.value}: {blocked.detail}")
+
+    async def _carry_out(self, pod: PodView, action: Action, reading: Reading | None) -> None:
+        if isinstance(action, Quarantine):
+            await self._quarantine(pod, action, reading)
+        elif isinstance(action, Evict | Delete):
+            await self._evict(pod, action)
+
+    async def _quarantine(self, pod: PodView, action: Quarantine, reading: Reading | None) -> None:
+        now = self.clock()
+        figures = _figures(reading, now - action.leak_since)
+        reason = f"media_potential_goroutine_leak=1 confirmed by {action.source.value} ({figures})"
+        top = await self.pods.top_tasks(pod.ip) if pod.ip else "pod has no IP"
+        try:
+            await self.kube.patch_pod(pod.key, quarantine_patch(now, self.settings.evict_after_seconds, reason))
+        except Exception as exc:
+            self.decider.quarantine_failed(pod.key)
+            log.error("quarantine patch failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
+            return
+        self.metrics.quarantines.labels(action.source.value).inc()
+        evict_after = rfc3339(now + self.settings.evict_after_seconds)
+        await self._event(pod, "Warning", QUARANTINED_REASON,
+                          f"Quarantined (out of the Service, sessions kept): {reason}; "
+                          f"top task groups: {top}; evict after {evict_after}")
+        drained = await self.pods.drain(pod.ip) if pod.ip else False
+        log.warning("pod quarantined", pod=f"{pod.namespace}/{pod.name}", source=action.source.value,
+                    figures=figures, top_tasks=top, drained=drained, evict_after=evict_after)
+
+    async def _evict(self, pod: PodView, action: Evict | Delete) -> None:
+        now = self.clock()
+        try:
+            if isinstance(action, Delete):
+                result = await self.kube.delete(pod.key)
+            else:
+                result = await self.kube.evict(pod.key)
+        except Exception as exc:
+            result = EvictionResult.ERROR
+            log.error("eviction failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
+        self.decider.eviction_done(pod.key, now, result)
+        self.metrics.evictions.labels(result.value).inc()
+        log.info("eviction", pod=f"{pod.namespace}/{pod.name}", result=result.value, why=action.why)
+        if result is EvictionResult.EVICTED:
+            await self._event(pod, "Normal", EVICTED_REASON, f"Evicted from quarantine: {action.why}")
+        elif result is EvictionResult.DELETED:
+            await self._event(pod, "Warning", DELETED_REASON, f"Deleted as a last resort: {action.why}")
+
+    async def _event(self, pod: PodView, type_: str, reason: str, message: str) -> None:
+        """Best effort: an Event that cannot be posted must not undo or block the decision."""
+        try:
+            await self.kube.post_event(pod, type_, reason, message)
+        except Exception as exc:
+            log.warning("event not posted", pod=f"{pod.namespace}/{pod.name}", reason=reason, error=str(exc)[:300])
+
+    def alert(self, key: PodKey) -> None:
+        self.decider.alert(key, self.clock())
+        self.wake.set()
+
+
+def _figures(reading: Reading | None, held: float) -> str:
+    parts = [f"gauge held {held:.0f}s"]
+    if reading is not None:
+        figures: Mapping[str, float] = reading.figures
+        parts += [f"{name}={value:g}" for name, value in figures.items()]
+        if reading.sessions is not None:
+            parts.append(f"media_sessions_active={reading.sessions:g}")
+    return ", ".join(parts)

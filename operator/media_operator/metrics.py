@@ -1,0 +1,39 @@
+"""The operator's own metrics (names are a contract with the alert rules and dashboards)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from media_operator.decisions import BlockReason, EvictionResult, Source
+
+SCRAPE_RESULTS = ("ok", "error", "unparseable")
+
+
+@dataclass
+class OperatorMetrics:
+    """One registry per operator instance, so that tests can run several side by side."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.pods_watched = Gauge("media_operator_pods_watched", "Media pods matching the selector", registry=r)
+        self.scrapes = Counter("media_operator_scrapes", "Pod metric scrapes by result", ["result"], registry=r)
+        self.quarantines = Counter("media_operator_quarantines", "Pods quarantined, by what confirmed the leak",
+                                   ["source"], registry=r)
+        self.blocked = Counter("media_operator_decisions_blocked", "Decisions not carried out, by reason",
+                               ["reason"], registry=r)
+        self.evictions = Counter("media_operator_evictions", "Eviction attempts of quarantined pods, by result",
+                                 ["result"], registry=r)
+        self.storm = Gauge("media_operator_storm", "1 while the storm guard holds every quarantine", registry=r)
+        # Pre-create every label value so that rate() and absent() work from the first scrape.
+        for result in SCRAPE_RESULTS:
+            self.scrapes.labels(result)
+        for source in Source:
+            self.quarantines.labels(source.value)
+        for reason in BlockReason:
+            self.blocked.labels(reason.value)
+        for eviction in EvictionResult:
+            self.evictions.labels(eviction.value)

@@ -1,0 +1,41 @@
+"""Read the two gauges the operator needs from a pod's Prometheus text exposition."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from media_operator.decisions import Reading
+
+LEAK_GAUGE = "media_potential_goroutine_leak"
+SESSIONS_GAUGE = "media_sessions_active"
+#: Figures quoted in the quarantine Event when the pod exposes them.
+FIGURES = ("media_goroutine_count", "media_goroutine_baseline", "media_goroutine_unowned", "media_threads")
+_WANTED = (LEAK_GAUGE, SESSIONS_GAUGE, *FIGURES)
+
+
+class Unparseable(ValueError):
+    """The exposition is not valid text format, or lacks a usable leak gauge."""
+
+
+def parse_reading(text: str) -> Reading:
+    """The leak gauge (must be present and 0 or 1) and the session count (optional).
+
+    Only the lines of the two wanted metrics go through the parser: a pod's exposition is a few
+    kilobytes of which the operator needs two samples, and a round covers every pod of the fleet.
+    """
+    lines = [line for line in text.splitlines() if any(name in line for name in _WANTED)]
+    values: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+            for sample in family.samples:
+                if sample.name in _WANTED and not sample.labels:
+                    values[sample.name] = sample.value
+    except (ValueError, IndexError, KeyError) as exc:  # the parser raises any of these on bad input
+        raise Unparseable(f"bad exposition: {exc}") from None
+    if LEAK_GAUGE not in values:
+        raise Unparseable(f"{LEAK_GAUGE} is missing")
+    leak = values[LEAK_GAUGE]
+    if leak not in (0.0, 1.0):
+        raise Unparseable(f"{LEAK_GAUGE} is {leak}, expected 0 or 1")
+    figures = {name: values[name] for name in FIGURES if name in values}
+    return Reading(leak=leak == 1.0, sessions=values.get(SESSIONS_GAUGE), figures=figures)

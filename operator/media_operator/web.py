@@ -1,0 +1,60 @@
+"""The operator's HTTP server: GET /metrics, GET /healthz, POST /alertmanager."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from media_operator.alerts import AlertTriage, InvalidPayload, parse_notification
+from media_operator.controller import Controller
+
+log = structlog.get_logger("media_operator.web")
+
+MAX_PAYLOAD = 1024 * 1024  # Alertmanager groups can be large, but not this large
+
+
+def build_app(controller: Controller, triage: AlertTriage, token: str | None,
+              in_scope: Callable[[tuple[str, str]], bool]) -> web.Application:
+    app = web.Application(client_max_size=MAX_PAYLOAD)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(controller.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        if controller.healthy():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "control loop stalled"}, status=503)
+
+    async def alertmanager(request: web.Request) -> web.Response:
+        assert token is not None
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        try:
+            alerts = parse_notification(await request.json())
+        except ValueError as exc:  # JSON errors and InvalidPayload alike
+            message = str(exc) if isinstance(exc, InvalidPayload) else "body is not JSON"
+            return web.json_response({"error": message}, status=400)
+        result = triage.triage(alerts, in_scope)
+        for key in result.accepted:
+            controller.alert(key)
+        if result.accepted or result.ignored:
+            log.info("alertmanager notification", accepted=[f"{ns}/{pod}" for ns, pod in result.accepted],
+                     ignored=[f"{what}: {why}" for what, why in result.ignored])
+        # 200 for ignored alerts too: Alertmanager must not retry what was deliberately left alone.
+        return web.json_response({
+            "accepted": [f"{ns}/{pod}" for ns, pod in result.accepted],
+            "ignored": [{"alert": what, "reason": why} for what, why in result.ignored],
+        })
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    if token:
+        app.router.add_post("/alertmanager", alertmanager)
+    return app
