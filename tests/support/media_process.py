@@ -101,6 +101,7 @@ def start_media_service(
         "MEDIA_ADMIN_HOST": host,
         "MEDIA_ADMIN_PORT": str(admin_port),
         "MEDIA_LOG_FORMAT": "json",
+        "MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1",  # media stays on loopback
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

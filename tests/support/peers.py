@@ -1,0 +1,163 @@
+"""Real aiortc peers and a WebSocket signaling client, as a user's client would be."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from av import VideoFrame
+from websockets.asyncio.client import ClientConnection, connect
+
+CANDIDATE_LINE = re.compile(r"^a=candidate:.*$", re.MULTILINE)
+
+
+class ColourBars(VideoStreamTrack):
+    """160x120 video at 30 fps whose frames carry a counter, so echoes can be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = np.zeros((120, 160, 3), np.uint8)
+        image[:, :, self.sent % 3] = 200
+        frame = VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = pts, time_base or fractions.Fraction(1, 90000)
+        self.sent += 1
+        return frame
+
+
+class SignalingClient:
+    """One WebSocket connection speaking the service's JSON protocol."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.inbox: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, url: str, user: str = "alice", device: str = "d1", **kwargs: Any) -> SignalingClient:
+        return cls(await connect(f"{url}?user={user}&device={device}", open_timeout=10, **kwargs))
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def recv(self, type_: str | None = None, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """The next message of ``type_`` (and fields ``match``); earlier others are kept in inbox."""
+        for i, message in enumerate(self.inbox):
+            if _matches(message, type_, match):
+                return self.inbox.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {type_} {match} within {timeout}s; got {self.inbox}")
+            message = json.loads(await asyncio.wait_for(self.ws.recv(), remaining))
+            if _matches(message, type_, match):
+                return message
+            self.inbox.append(message)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def _matches(message: dict[str, Any], type_: str | None, match: dict[str, Any]) -> bool:
+    return (type_ is None or message.get("type") == type_) and all(message.get(k) == v for k, v in match.items())
+
+
+@dataclass
+class Peer:
+    """A client-side peer connection with an echo check for data and video."""
+
+    pc: RTCPeerConnection
+    session: str = ""
+    video: ColourBars | None = None
+    channel: Any = None
+    echoed: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    frames_received: int = 0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+    async def echo(self, payload: str, timeout: float = 10.0) -> str:
+        self.channel.send(payload)
+        return await asyncio.wait_for(self.echoed.get(), timeout)
+
+    async def wait_frames(self, count: int, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.frames_received < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {self.frames_received} echoed frames within {timeout}s")
+            await asyncio.sleep(0.05)
+        return self.frames_received
+
+
+def make_peer(*, video: bool = False, data: bool = True) -> Peer:
+    peer = Peer(RTCPeerConnection())
+    if data:
+        peer.channel = peer.pc.createDataChannel("echo")
+        peer.channel.on("message", peer.echoed.put_nowait)
+        peer.channel.on("open", peer.channel_open.set)
+    if video:
+        peer.video = ColourBars()
+        peer.pc.addTrack(peer.video)
+
+    @peer.pc.on("track")
+    def on_track(track: Any) -> None:
+        async def consume() -> None:
+            try:
+                while True:
+                    await track.recv()
+                    peer.frames_received += 1
+            except Exception:  # MediaStreamError when the track ends
+                return
+
+        asyncio.ensure_future(consume())
+
+    @peer.pc.on("connectionstatechange")
+    def on_state() -> None:
+        if peer.pc.connectionState == "connected":
+            peer.connected.set()
+
+    return peer
+
+
+async def offer_sdp(peer: Peer, *, trickle: bool = False) -> tuple[str, list[str]]:
+    """The peer's offer; with ``trickle`` its candidates are taken out and returned separately."""
+    await peer.pc.setLocalDescription(await peer.pc.createOffer())
+    sdp = peer.pc.localDescription.sdp
+    if not trickle:
+        return sdp, []
+    candidates = [line.removeprefix("a=") for line in CANDIDATE_LINE.findall(sdp)]
+    sdp = CANDIDATE_LINE.sub("", sdp).replace("\r\n\r\n", "\r\n")
+    sdp = re.sub(r"(\r\n)+", "\r\n", sdp).replace("a=end-of-candidates\r\n", "")
+    return sdp, candidates
+
+
+async def open_session(client: SignalingClient, *, video: bool = False, data: bool = True,
+                       trickle: bool = False, connect_timeout: float = 15.0) -> Peer:
+    """Offer over signaling, apply the answer, trickle if asked, wait until connected."""
+    peer = make_peer(video=video, data=data)
+    sdp, candidates = await offer_sdp(peer, trickle=trickle)
+    await client.send({"type": "offer", "sdp": sdp})
+    answer = await client.recv("answer")
+    peer.session = answer["session"]
+    await peer.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    for candidate in candidates:
+        await client.send({"type": "candidate", "session": peer.session,
+                           "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}})
+    if trickle:
+        await client.send({"type": "candidate", "session": peer.session, "candidate": None})
+    await asyncio.wait_for(peer.connected.wait(), connect_timeout)
+    if data:
+        await asyncio.wait_for(peer.channel_open.wait(), connect_timeout)
+    return peer
