@@ -54,8 +54,12 @@ def take_census(
     """Count the pending tasks of ``loop`` (the running loop by default) and all threads."""
     now = time.monotonic() if now is None else now
     counts = dict.fromkeys(OwnerState, 0)
-    for task in asyncio.all_tasks(loop):
-        counts[ownership.state_of(task, now, grace)] += 1
+    pending = asyncio.all_tasks(loop)
+    # One pass over the owned tasks; whatever is pending and not among them is unowned.
+    for task, owner in ownership.owned():
+        if task in pending:
+            counts[owner.state(now, grace)] += 1
+    counts[OwnerState.NONE] = len(pending) - sum(counts.values())
     threads = threading.enumerate()
     return Census(
         live=counts[OwnerState.LIVE],

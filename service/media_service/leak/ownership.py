@@ -122,6 +122,10 @@ class TaskOwnership:
     def owner_of(self, task: asyncio.Future[Any]) -> Owner | None:
         return self._owners.get(task)
 
+    def owned(self) -> list[tuple[asyncio.Future[Any], Owner]]:
+        """A snapshot of every recorded task (done ones too, while referenced) and its owner."""
+        return list(self._owners.items())
+
     def adopt(self, task: asyncio.Future[Any], owner: Owner) -> None:
         """Give an already running task to ``owner`` (a framework created it before we could)."""
         self._owners[task] = owner
