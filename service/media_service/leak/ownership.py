@@ -130,6 +130,9 @@ class TaskOwnership:
         """Give an already running task to ``owner`` (a framework created it before we could)."""
         self._owners[task] = owner
 
+    def disown(self, task: asyncio.Future[Any]) -> None:
+        self._owners.pop(task, None)
+
     def adopt_current(self, owner: Owner) -> None:
         """Give the current task, and every task it creates from now on, to ``owner``.
 
