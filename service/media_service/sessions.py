@@ -106,8 +106,7 @@ class SessionManager:
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
             raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
-        if not isinstance(offer_sdp, str) or not offer_sdp.strip():
-            raise BadRequest("offer needs a non-empty 'sdp' string")
+        check_offer(offer_sdp)
         session_id = secrets.token_urlsafe(12)
         owner = Owner(f"session:{session_id}")
         self._reserved += 1
@@ -239,6 +238,18 @@ class SessionManager:
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
         return len(ids)
+
+
+def check_offer(sdp: Any) -> None:
+    """aiortc accepts nearly any text as an offer (no media sections gives an empty answer and a
+    useless session), so the shape is checked here, with a message that says what is wrong."""
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadRequest("offer needs a non-empty 'sdp' string")
+    lines = sdp.strip().splitlines()
+    if lines[0].strip() != "v=0":
+        raise BadRequest("offer rejected: an SDP starts with 'v=0'")
+    if not any(line.startswith("m=") for line in lines):
+        raise BadRequest("offer rejected: no media section (m=) to answer")
 
 
 def parse_candidate(candidate: Any):
