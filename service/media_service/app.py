@@ -10,13 +10,14 @@ from importlib.resources import files
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from media_service.core import MediaService
-from media_service.leak import Owner
+from media_service.leak.asgi import OwnRequests
 from media_service.leak.routes import leak_routes
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.signaling import SignalingConnection
@@ -53,10 +54,6 @@ async def signaling(websocket: WebSocket) -> None:
         await websocket.send_json({"type": "draining", "retry_after": RETRY_AFTER_SECONDS})
         await websocket.close(1001, "draining")
         return
-    # This task was started by uvicorn before any owner existed: the connection owns it from here,
-    # and with it the hub's writer task and everything signaling starts outside a session.
-    owner = Owner(f"ws:{service.next_connection_id()}")
-    service.leaks.ownership.adopt_current(owner)
     client = service.hub.connect(user, device, WebSocketSink(websocket))
     connection = SignalingConnection(service, client)
     try:
@@ -71,15 +68,20 @@ async def signaling(websocket: WebSocket) -> None:
     finally:
         await connection.close()
         await service.hub.disconnect(client)
-        owner.close()
 
 
 async def demo_page(request: Request) -> HTMLResponse:
     return HTMLResponse(files("media_service").joinpath("static/index.html").read_text())
 
 
+def _owned(service: MediaService) -> list[Middleware]:
+    """Each request and WebSocket connection owns its serving task, and with it everything it
+    starts outside a session (the hub's writer task, for one): connections in flight are load."""
+    return [Middleware(OwnRequests, ownership=service.leaks.ownership)]
+
+
 def public_app(service: MediaService) -> Starlette:
-    app = Starlette(routes=[
+    app = Starlette(middleware=_owned(service), routes=[
         Route("/", demo_page, methods=["GET"]),
         WebSocketRoute("/ws", signaling),
         *whip_routes(service),
@@ -104,7 +106,7 @@ def admin_app(service: MediaService, start_drain: Callable[[str], None]) -> Star
         return JSONResponse({"status": service.lifecycle.state.value,
                              "sessions": len(service.sessions)}, 202)
 
-    app = Starlette(routes=[
+    app = Starlette(middleware=_owned(service), routes=[
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -26,8 +26,3 @@ class MediaService:
         )
         self.hub = Hub(self.metrics, buffer=settings.ws_send_buffer, send_timeout=settings.ws_send_timeout)
         self.sessions = SessionManager(settings, self.metrics, accepting=lambda: self.lifecycle.accepting)
-        self._connections = 0
-
-    def next_connection_id(self) -> int:
-        self._connections += 1
-        return self._connections
