@@ -20,12 +20,13 @@ FAST = LeakSettings(sample_interval=0.02, baseline_samples=3, factor=3.0, orphan
 TASKS_PER_SESSION = 4
 
 
-def metric(metrics: ServiceMetrics, name: str, **labels: str) -> float | None:
+def metric(metrics: ServiceMetrics, name: str, **labels: str) -> float:
+    """One sample as /metrics renders it; a missing series fails the test."""
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
+                return float(sample.value)
+    raise AssertionError(f"no series {name}{labels}")
 
 
 async def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -53,7 +54,7 @@ class Sessions:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[bool]] = []
         self.owners: list[Owner] = []
 
     def open(self, count: int) -> list[Owner]:
@@ -81,7 +82,8 @@ async def test_metrics_are_published_and_the_baseline_is_set_after_n_samples(det
     await poll(lambda: detector.sampler.latest is not None and detector.sampler.latest.verdict.samples >= 3)
     latest = detector.sampler.latest
     assert latest is not None
-    assert metric(metrics, "media_goroutine_baseline") == latest.verdict.baseline > 0
+    assert latest.verdict.baseline is not None and latest.verdict.baseline > 0
+    assert metric(metrics, "media_goroutine_baseline") == latest.verdict.baseline
     assert metric(metrics, "media_potential_goroutine_leak") == 0
     assert metric(metrics, "media_goroutine_count") >= metric(metrics, "media_goroutine_unowned") > 0
     assert metric(metrics, "media_threads") >= 1

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from media_service.leak.ownership import Owner, TaskOwnership, owned_by
 
-Scope = dict[str, Any]
-
 
 class OwnRequests:
-    def __init__(self, app: Any, ownership: TaskOwnership) -> None:
+    def __init__(self, app: ASGIApp, ownership: TaskOwnership) -> None:
         self.app = app
         self.ownership = ownership
         self._ids = itertools.count(1)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         if scope["type"] not in ("http", "websocket") or task is None:
             await self.app(scope, receive, send)

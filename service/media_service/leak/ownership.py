@@ -13,11 +13,11 @@ import asyncio
 import contextvars
 import time
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 _current_owner: contextvars.ContextVar[Owner | None] = contextvars.ContextVar("media_task_owner", default=None)
 
@@ -68,12 +68,6 @@ def owned_by(owner: Owner) -> Iterator[Owner]:
         _current_owner.reset(token)
 
 
-class TaskFactory(Protocol):
-    def __call__(
-        self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], *, context: contextvars.Context | None = ...
-    ) -> asyncio.Future[Any]: ...
-
-
 class TaskOwnership:
     """Remembers the owner of every owned task, through a task factory installed on a loop.
 
@@ -83,13 +77,14 @@ class TaskOwnership:
 
     def __init__(self) -> None:
         self._owners: weakref.WeakKeyDictionary[asyncio.Future[Any], Owner] = weakref.WeakKeyDictionary()
-        self._installed: dict[asyncio.AbstractEventLoop, tuple[TaskFactory, Any]] = {}
+        # loop -> (our factory, the one it wraps); typeshed's factory type lacks `context`.
+        self._installed: dict[asyncio.AbstractEventLoop, tuple[Callable[..., Any], Any]] = {}
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Put the factory on ``loop``, wrapping any factory already there."""
         if loop in self._installed:
             return
-        previous = loop.get_task_factory()
+        previous: Any = loop.get_task_factory()
         owners = self._owners
 
         def factory(
@@ -116,7 +111,8 @@ class TaskOwnership:
     def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
         """Restore the factory that was there before, unless someone replaced ours since."""
         factory, previous = self._installed.pop(loop, (None, None))
-        if factory is not None and loop.get_task_factory() is factory:
+        current: object = loop.get_task_factory()
+        if factory is not None and current is factory:
             loop.set_task_factory(previous)
 
     def owner_of(self, task: asyncio.Future[Any]) -> Owner | None:

@@ -32,7 +32,7 @@ def coroutine_name(coro: object) -> str:
 
 def _frame_of(awaitable: object) -> FrameType | None:
     for attr in ("cr_frame", "gi_frame", "ag_frame"):
-        frame = getattr(awaitable, attr, None)
+        frame: FrameType | None = getattr(awaitable, attr, None)
         if frame is not None:
             return frame
     return None
@@ -40,7 +40,7 @@ def _frame_of(awaitable: object) -> FrameType | None:
 
 def _awaited_by(awaitable: object) -> object | None:
     for attr in ("cr_await", "gi_yieldfrom", "ag_await"):
-        inner = getattr(awaitable, attr, None)
+        inner: object | None = getattr(awaitable, attr, None)
         if inner is not None:
             return inner
     return None
