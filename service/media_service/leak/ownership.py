@@ -23,8 +23,8 @@ _current_owner: contextvars.ContextVar[Owner | None] = contextvars.ContextVar("m
 
 
 class OwnerState(StrEnum):
-    """Where a task stands. The first three values are the `owner` labels of `media_asyncio_tasks`
-    (an orphan is reported there as `closed_session`)."""
+    """Where a task stands. The metric `media_asyncio_tasks{owner}` folds these into its three
+    labels: LIVE and CLOSED as `live_session`, ORPHANED as `closed_session`, NONE as `none`."""
 
     LIVE = "live_session"
     CLOSED = "closed_session"  # owner closed less than the grace period ago: still winding down

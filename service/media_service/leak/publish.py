@@ -14,8 +14,10 @@ def publish(metrics: ServiceMetrics, sample: Sample) -> None:
     metrics.goroutine_unowned.set(census.unexplained)
     metrics.goroutine_baseline.set(-1 if verdict.baseline is None else verdict.baseline)
     metrics.potential_leak.set(1 if verdict.leak else 0)
-    metrics.asyncio_tasks.labels(owner=OwnerState.LIVE.value).set(census.live)
-    # The label set is a contract of three; orphans are the closed sessions' tasks that stayed.
-    metrics.asyncio_tasks.labels(owner=OwnerState.CLOSED.value).set(census.closed + census.orphaned)
+    # The label set is a contract of three. Tasks still winding down within the grace period are
+    # load, reported with the live ones; `closed_session` holds only the orphans, so that any
+    # value above zero that lasts is a leak (the MediaServiceOrphanedTasks alert relies on it).
+    metrics.asyncio_tasks.labels(owner=OwnerState.LIVE.value).set(census.live + census.closed)
+    metrics.asyncio_tasks.labels(owner=OwnerState.CLOSED.value).set(census.orphaned)
     metrics.asyncio_tasks.labels(owner=OwnerState.NONE.value).set(census.unowned)
     metrics.threads.set(census.threads)
