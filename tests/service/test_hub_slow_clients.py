@@ -1,0 +1,160 @@
+"""Slow WebSocket clients against the real service: they are dropped, and nobody else notices.
+
+50 healthy devices and 5 devices that stop reading right after the handshake all belong to one user;
+a sender relays messages to that user. The non-readers' sockets fill up (real TCP backpressure, a
+small receive buffer), so the server's sends to them block: the hub must drop them within about the
+send timeout while every healthy device gets every message, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from tests.support.media_process import MediaProcess, media_service_async
+
+HEALTHY = 50
+NON_READERS = 5
+MESSAGES = 1500
+WINDOW = 50  # messages the sender may be ahead of the slowest healthy device: far below the 256 buffer
+PAD = "x" * 1000  # bigger frames fill the non-readers' sockets sooner
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+class NonReader:
+    """A WebSocket client that completes the handshake and then reads nothing, until told to."""
+
+    def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
+        self.sock = sock
+        self.protocol = protocol
+
+    @classmethod
+    async def open(cls, host: str, port: int, path: str) -> NonReader:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small window, and the segment size of a real network rather than loopback's 64 KiB, from
+        # which the server's kernel sizes its send buffer (about 4 MiB on loopback otherwise).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, port))
+            protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"))
+            protocol.send_request(protocol.connect())
+            await loop.sock_sendall(sock, b"".join(protocol.data_to_send()))
+            async with asyncio.timeout(10):
+                while protocol.handshake_exc is None and not any(
+                    isinstance(e, Response) for e in protocol.events_received()
+                ):
+                    data = await loop.sock_recv(sock, 4096)
+                    if not data:
+                        raise ConnectionError("closed during the handshake")
+                    protocol.receive_data(data)
+            if protocol.handshake_exc is not None:
+                raise protocol.handshake_exc
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, protocol)
+
+    async def read_to_end(self, timeout: float) -> int | None:
+        """Read what the server left, until it ends the connection; the close code if a frame came."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        data = await loop.sock_recv(self.sock, 1 << 16)
+                    except ConnectionResetError:
+                        break  # aborted by the server
+                    if not data:
+                        break
+                    self.protocol.receive_data(data)
+                    if self.protocol.close_rcvd is not None:
+                        break
+        finally:
+            self.sock.close()
+        return None if self.protocol.close_rcvd is None else self.protocol.close_rcvd.code
+
+
+async def read_messages(ws: ClientConnection, seqs: list[int]) -> None:
+    async for raw in ws:
+        message = json.loads(raw)
+        assert message["type"] == "message", message
+        seqs.append(message["data"]["seq"])
+
+
+async def poll(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+async def metric(media: MediaProcess, name: str) -> float | None:
+    return await asyncio.to_thread(media.metric, name)
+
+
+async def poll_metric(media: MediaProcess, name: str, predicate, timeout: float) -> float:
+    return await asyncio.to_thread(media.poll_metric, name, predicate, timeout)
+
+
+async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_path: Path, no_leaks: None) -> None:
+    env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is deliberately fast; rate limiting is not under test
+    async with media_service_async(tmp_path, host="127.0.0.3", env=env) as media:
+        base = media.ws_url
+        healthy = [await connect(f"{base}?user=room&device=h{i}", max_size=None) for i in range(HEALTHY)]
+        seqs: list[list[int]] = [[] for _ in healthy]
+        readers = [asyncio.create_task(read_messages(ws, s)) for ws, s in zip(healthy, seqs, strict=True)]
+        non_readers = [await NonReader.open(media.host, media.port, f"/ws?user=room&device=n{i}")
+                       for i in range(NON_READERS)]
+        sender = await connect(f"{base}?user=sender&device=s")
+        try:
+            await poll_metric(media, "media_ws_clients", lambda v: v == HEALTHY + NON_READERS + 1, 20)
+            assert await metric(media, "media_ws_send_timeouts_total") == 0
+
+            started = time.monotonic()
+            dropped_at: float | None = None
+            for seq in range(MESSAGES):
+                await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": PAD}}))
+                if seq % WINDOW == WINDOW - 1:
+                    await poll(lambda: min(map(len, seqs)) > seq - WINDOW, 30, f"healthy clients reach {seq}")
+                    if dropped_at is None and await metric(media, "media_ws_send_timeouts_total") == NON_READERS:
+                        dropped_at = time.monotonic()
+            await poll(lambda: all(len(s) == MESSAGES for s in seqs), 30, "healthy clients get everything")
+            await poll_metric(media, "media_ws_send_timeouts_total", lambda v: v >= NON_READERS, 30)
+            dropped_at = dropped_at or time.monotonic()
+
+            for s in seqs:
+                assert s == list(range(MESSAGES))
+            assert all(ws.close_code is None for ws in healthy + [sender]), "a healthy client was closed"
+            assert await metric(media, "media_ws_send_timeouts_total") == NON_READERS
+            # Exact: the non-readers, and only they, left the hub.
+            assert await metric(media, "media_ws_clients") == HEALTHY + 1
+
+            dropped = [json.loads(line) for line in media.log().splitlines() if '"ws_client_dropped"' in line]
+            assert sorted(d["device"] for d in dropped) == [f"n{i}" for i in range(NON_READERS)], dropped
+
+            # Each non-reader's connection was ended by the server. The close frame can only come
+            # after the data the client never read; if it could not be written, the server aborts.
+            codes = await asyncio.gather(*(n.read_to_end(timeout=30) for n in non_readers))
+            assert all(code in (None, 1013) for code in codes), codes
+            print(f"non-readers dropped {dropped_at - started:.2f}s after the first message; close codes {codes}")
+        finally:
+            for n in non_readers:
+                n.sock.close()
+            await asyncio.gather(*(ws.close() for ws in [*healthy, sender]))
+            outcomes = await asyncio.gather(*readers, return_exceptions=True)
+        assert all(outcome is None for outcome in outcomes), outcomes
+        await poll_metric(media, "media_ws_clients", lambda v: v == 0, 20)
