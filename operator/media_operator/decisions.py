@@ -151,7 +151,7 @@ class Decider:
         keys = {pod.key for pod in pods}
         for gone in set(self._tracks) - keys:
             del self._tracks[gone]
-        self._pending &= keys
+        self._pending &= {pod.key for pod in pods if not pod.quarantined}  # the watch caught up
 
         blocked: list[Blocked] = []
         actions: list[Action] = []

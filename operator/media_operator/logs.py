@@ -34,3 +34,5 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # /metrics scrapes would drown the log
+    # kopf logs every handled watch event at INFO; with a fleet of pods that is noise, not news.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)

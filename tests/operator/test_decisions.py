@@ -210,6 +210,17 @@ def test_eviction_when_sessions_reach_zero():
     assert decider.decide(30, [pod], {pod.key: Reading(leak=True, sessions=0)}).actions == []
 
 
+def test_quarantined_pod_is_evicted_once_the_watch_shows_the_label():
+    decider = Decider(rules())
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {1}))
+    assert decider.decide(120, fleet, readings(4, {1})).actions == [Quarantine(key(1), Source.SCRAPE, 0)]
+    zero = readings(4, {1}) | {key(1): Reading(leak=True, sessions=0)}
+    assert decider.decide(121, fleet, zero).actions == []  # label not seen yet: nothing, not twice
+    fleet[1] = quarantined("p1", at=120)
+    assert decider.decide(122, fleet, zero).actions == [Evict(key(1), "no sessions left")]
+
+
 def test_eviction_at_deadline_even_without_readings():
     decider = Decider(rules())
     pod = quarantined("q", at=0, evict_after=600)

@@ -1,0 +1,189 @@
+"""kmock's KubernetesEmulator, completed with what the operator needs and kmock 0.8 lacks.
+
+What is added here (and documented in docs/operator.md):
+
+- discovery entries for ``v1/namespaces`` and ``apiextensions.k8s.io/v1/customresourcedefinitions``
+  (kopf waits for both before it starts its watches) and the ``pods/eviction`` subresource;
+- the Eviction API: ``POST .../pods/{name}/eviction`` deletes the pod as the API server would
+  (through the emulator's own DELETE, so watchers get the DELETED event), or answers 429 like a
+  PodDisruptionBudget does, as many times as a test asks;
+- a kubeconfig pointing at the emulator, so the operator logs in the way it does on a laptop;
+- the list of (verb, group, resource) the operator sent, for the RBAC check.
+
+Requests this fixture makes itself carry kmock's own User-Agent and are not counted as the
+operator's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Response, Server
+
+NAMESPACE = "media"
+MEDIA_LABELS = {
+    "app.kubernetes.io/name": "media-service",
+    "app.kubernetes.io/instance": "test",
+    "app.kubernetes.io/component": "media",
+    "media-service/pool": "serving",
+}
+_EVICTION_PATH = re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/eviction")
+
+#: Every (verb, api group, resource[/subresource]) any operator sent during this test session.
+SESSION_CALLS: set[tuple[str, str, str]] = set()
+
+
+@dataclass(frozen=True)
+class Call:
+    verb: str
+    group: str
+    resource: str  # plural, or plural/subresource
+    path: str
+
+
+def _verb(method: str, name: str | None, params: dict[str, str]) -> str:
+    if method == "GET":
+        return "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
+    return {"POST": "create", "PATCH": "patch", "PUT": "update",
+            "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+
+
+@dataclass
+class Cluster:
+    k8s: KubernetesEmulator
+    server: Server
+    refuse_evictions: int = 0  # how many evictions answer 429 before one succeeds; -1 = always
+    eviction_attempts: list[tuple[float, str, int]] = field(default_factory=list)  # (time, pod, status)
+    _names: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url).rstrip("/")
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "operator", "user": {"token": "emulator-token"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator",
+                                                          "namespace": NAMESPACE}}],
+        }))
+        return path
+
+    async def add_pod(self, ip: str, *, name: str | None = None, labels: dict[str, str] | None = None,
+                      namespace: str = NAMESPACE) -> str:
+        name = name or f"media-{next(self._names)}"
+        body = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                         "labels": dict(MEDIA_LABELS if labels is None else labels)},
+            "spec": {"containers": [{"name": "media", "image": "media-service:test"}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }
+        async with self.k8s.post(f"/api/v1/namespaces/{namespace}/pods", json=body) as response:
+            assert response.status in (200, 201), await response.text()
+        return name
+
+    def pod(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        """The pod as stored now, or None once deleted."""
+        try:
+            obj = self.k8s.objects["v1/pods", namespace, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else dict(obj.raw)
+
+    def events(self, name: str | None = None, reason: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for (resource, _, _), obj in list(self.k8s.objects.items()):
+            if resource.plural != "events" or obj.deleted:
+                continue
+            event = dict(obj.raw)
+            involved = event.get("involvedObject") or {}
+            if (name is None or involved.get("name") == name) and (reason is None or event.get("reason") == reason):
+                found.append(event)
+        return found
+
+    def patches(self, name: str) -> list[dict[str, Any]]:
+        """The PATCH bodies the operator sent for one pod (each one is an action on it)."""
+        return [r.data for r in list(self.k8s)
+                if r.method == "PATCH" and r.name == name and r.resource is not None
+                and r.resource.plural == "pods" and not _is_fixture(r.headers)]
+
+    def operator_calls(self) -> list[Call]:
+        calls = []
+        for request in list(self.k8s):
+            if _is_fixture(request.headers) or request.resource is None or not request.resource.plural:
+                continue  # the fixture's own calls; discovery (non-resource URLs every user may read)
+            resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            verb = _verb(str(request.method), request.name, dict(request.params))
+            calls.append(Call(verb, request.resource.group or "", resource, request.url.path))
+        return calls
+
+    async def _evict(self, request: Any) -> Any:
+        name, namespace = request.name, request.namespace
+        if self.refuse_evictions != 0:
+            self.refuse_evictions -= 1 if self.refuse_evictions > 0 else 0
+            self.eviction_attempts.append((time.monotonic(), name, 429))
+            raise KubernetesError(status=429, reason="TooManyRequests",
+                                  message="Cannot evict pod as it would violate the pod's disruption budget.",
+                                  details={"causes": [{"reason": "DisruptionBudget",
+                                                       "message": "The disruption budget test needs 1 healthy pod"}]})
+        # An allowed eviction is a deletion done by the API server.
+        async with self.k8s.delete(f"/api/v1/namespaces/{namespace}/pods/{name}") as response:
+            status = response.status
+        self.eviction_attempts.append((time.monotonic(), name, 201 if status == 200 else status))
+        if status == 404:
+            raise KubernetesError(status=404, reason="NotFound", message=f'pods "{name}" not found')
+        return Response(status=201, payload={"apiVersion": "v1", "kind": "Status", "metadata": {},
+                                             "status": "Success", "code": 201})
+
+
+def _is_fixture(headers: Any) -> bool:
+    return str(headers.get("User-Agent", "")).startswith("kmock/")
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Cluster]:
+    async with KubernetesEmulator() as k8s, Server(k8s) as server:
+        k8s.resources["v1/pods"] = ResourceInfo(
+            namespaced=True, kind="Pod", singular="pod", shortnames={"po"},
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+            subresources={"eviction", "status"})
+        k8s.resources["v1/events"] = ResourceInfo(namespaced=True, kind="Event", singular="event",
+                                                  verbs={"create", "get", "list", "patch", "watch"})
+        k8s.resources["v1/namespaces"] = ResourceInfo(namespaced=False, kind="Namespace", singular="namespace",
+                                                      verbs={"get", "list", "watch"})
+        k8s.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = ResourceInfo(
+            namespaced=False, kind="CustomResourceDefinition", singular="customresourcedefinition",
+            verbs={"get", "list", "watch"})
+        state = Cluster(k8s, server)
+        k8s["post", _EVICTION_PATH] << state._evict
+        try:
+            yield state
+        finally:
+            SESSION_CALLS.update((c.verb, c.group, c.resource) for c in state.operator_calls())
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
