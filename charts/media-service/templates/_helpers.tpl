@@ -1,0 +1,112 @@
+{{/* Names. */}}
+{{- define "media-service.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "media-service.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.operatorName" -}}
+{{- printf "%s-operator" (include "media-service.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "media-service.metricsName" -}}
+{{- printf "%s-metrics" (include "media-service.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "media-service.webhookSecretName" -}}
+{{- default (printf "%s-webhook" (include "media-service.operatorName" .)) .Values.operator.webhook.existingSecret -}}
+{{- end -}}
+
+{{- define "media-service.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "media-service.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.operatorServiceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "media-service.operatorName" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "media-service.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "media-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: media-service
+{{- end -}}
+
+{{/* Media pods: the operator's contract. The pool label is in every selector, so a pod the
+operator relabels `quarantined` leaves the Service, the ReplicaSet and the PDB at once. */}}
+{{- define "media-service.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "media-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: media
+media-service/pool: serving
+{{- end -}}
+
+{{- define "media-service.operatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "media-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* Images: a digest pins the image; the tag defaults to appVersion. */}}
+{{- define "media-service.image" -}}
+{{- $image := index . 0 -}}{{- $root := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ServiceMonitor/PrometheusRule: an explicit true/false wins; null means "when the cluster
+has the prometheus-operator CRDs", so a plain install gets them where they can exist. */}}
+{{- define "media-service.monitoringEnabled" -}}
+{{- $value := index . 0 -}}{{- $root := index . 1 -}}
+{{- if kindIs "bool" $value -}}
+{{- if $value }}true{{ end -}}
+{{- else if $root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces the operator watches and holds Roles in. */}}
+{{- define "media-service.operatorNamespaces" -}}
+{{- if .Values.operator.watchNamespaces -}}
+{{- join "," .Values.operator.watchNamespaces -}}
+{{- else if not .Values.operator.rbac.clusterWide -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.operatorPodSelector" -}}
+{{- if .Values.operator.podSelector -}}
+{{- .Values.operator.podSelector -}}
+{{- else -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=media" (include "media-service.name" .) .Release.Name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.terminationGracePeriodSeconds" -}}
+{{- add (ceil .Values.config.drainSeconds | int) .Values.terminationGraceMarginSeconds -}}
+{{- end -}}
