@@ -1,0 +1,74 @@
+"""Render charts/media-service with the real helm binary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.prometheus import REPO, require_tool
+
+CHART = REPO / "charts" / "media-service"
+RELEASE = "media"
+NAMESPACE = "media"
+
+#: Every optional feature on, with the values people set first.
+ALL_ON: dict[str, Any] = {
+    "hostNetwork": True,
+    "ice": {"servers": [{"urls": ["stun:stun.example.org:3478"]}]},
+    "autoscaling": {"enabled": True},
+    "networkPolicy": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "alerts": {"enabled": True, "labels": {"release": "prometheus"}},
+    "dashboard": {"enabled": True},
+    "operator": {"serviceMonitor": {"enabled": True}, "rbac": {"clusterWide": True},
+                 "watchNamespaces": ["media", "media-canary"]},
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([require_tool("helm"), *args], capture_output=True, text=True, timeout=120, check=False)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+    return result
+
+
+def values_file(values: dict[str, Any], directory: Path) -> Path:
+    path = directory / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def template(values: dict[str, Any] | None = None, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra]
+        if values:
+            args += ["--values", str(values_file(values, Path(tmp)))]
+        return helm(*args, check=check)
+
+
+@functools.lru_cache(maxsize=32)
+def _render(values_json: str, extra: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    text = template(json.loads(values_json), *extra).stdout
+    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+
+
+def render(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
+    """The rendered objects (a fresh copy, callers may change it)."""
+    return json.loads(json.dumps(_render(json.dumps(values or {}, sort_keys=True), extra)))
+
+
+def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
+    found = [d for d in objects(docs, kind)
+             if component is None or d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} ({component}), got {[d['metadata']['name'] for d in found]}"
+    return found[0]
