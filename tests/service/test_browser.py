@@ -1,0 +1,192 @@
+"""Headless Chromium against the real service: the demo page's camera comes back echoed.
+
+The browser is Debian's chromium, driven by Playwright (no browser download: ``executable_path``).
+Chromium's fake camera and microphone feed the page; the service answers with 127.0.0.1 candidates
+only, and the test checks that the pair ICE selected really runs over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.support.media_process import MediaProcess, media_service
+
+try:
+    from playwright.sync_api import BrowserContext, Page, sync_playwright
+except ImportError:  # reported by the fixture below, so that collection of other tests goes on
+    sync_playwright = None
+
+pytestmark = pytest.mark.browser
+
+#: Generous: two shared cores, a cold Chromium and VP8 encoding in software on both ends.
+DEADLINE_MS = 60_000
+
+CHROMIUM_FLAGS = [
+    # --headless comes from headless=True and --user-data-dir from launch_persistent_context.
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_processes(profile: Path) -> list[int]:
+    """Pids of processes started with this profile directory (the browser and its children)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(profile).encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture
+def browser() -> Iterator[BrowserContext]:
+    chromium = require_tool("chromium", "apt-get install chromium")
+    if sync_playwright is None:
+        message = "playwright is not installed (install it with: pip install -e '.[dev]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile_dir:
+        profile = Path(profile_dir)
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=chromium,
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1100, "height": 900},
+                timeout=DEADLINE_MS,
+            )
+            try:
+                yield context
+            finally:
+                context.close()
+        # Nothing of the browser may outlive the test, nor hold its profile open.
+        deadline = time.monotonic() + 20
+        while (left := chromium_processes(profile)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"chromium processes left behind: {left}"
+
+
+#: Records every message the page sends on its WebSockets, to check the protocol from outside.
+RECORD_SIGNALING = """
+(() => {
+  window.sentSignaling = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    window.sentSignaling.push(String(data));
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def is_local_address(address: str) -> bool:
+    """True for an address of this machine: packets to 127.0.0.1 from it never leave the host."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def sent_signaling(page: Page) -> list[dict]:
+    return [json.loads(text) for text in page.evaluate("() => window.sentSignaling")]
+
+
+def media_stats(page: Page) -> dict:
+    return page.evaluate("() => ({...window.mediaStats})")
+
+
+def wait_stats(page: Page, condition: str, what: str) -> dict:
+    """Wait until a JS condition on ``s`` (window.mediaStats) holds; fail saying what was awaited."""
+    try:
+        page.wait_for_function(f"() => {{ const s = window.mediaStats; return !!s && ({condition}); }}",
+                               timeout=DEADLINE_MS, polling=100)
+    except Exception as exc:
+        log = page.locator("#log").inner_text()
+        raise AssertionError(f"{what}: not within {DEADLINE_MS} ms; mediaStats={media_stats(page)}\n"
+                             f"page events:\n{log}") from exc
+    return media_stats(page)
+
+
+def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> None:
+    with media_service(tmp_path) as media:
+        page = browser.new_page()
+        page.add_init_script(RECORD_SIGNALING)
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
+
+        page.goto(f"{media.public_url}/?user=browser-test&device=chromium")
+        assert page.title() == "media-service · echo"
+        assert media_stats(page)["state"] == "idle"
+        page.get_by_role("button", name="Start").click()
+
+        stats = wait_stats(page, "s.state === 'connected' && s.session", "the session connects")
+        session = stats["session"]
+        assert media.metric("media_sessions_active") == 1
+
+        # Echoed video keeps arriving: the byte count grows across stats updates, and frames decode.
+        first = wait_stats(page, "s.inboundBytes > 0", "echoed video arrives")["inboundBytes"]
+        stats = wait_stats(page, f"s.inboundBytes > {first} && s.framesDecoded >= 30",
+                           "echoed video keeps arriving and decodes")
+        assert stats["framesDecoded"] >= 30
+        assert stats["session"] == session
+        assert page.locator("#inbound-bytes").get_attribute("data-value") == str(stats["inboundBytes"])
+        page.wait_for_function("() => document.getElementById('remote').videoWidth > 0", timeout=DEADLINE_MS)
+
+        # The service offers only 127.0.0.1, so the selected pair ends there; Chromium may send from
+        # another address of this host (it ranks loopback last), which still routes over loopback.
+        assert stats["remoteAddress"] == "127.0.0.1", stats
+        assert is_local_address(stats["localAddress"]), stats
+
+        # Signaling as the protocol says: one offer, then candidates trickled only under the session
+        # id (those gathered before the answer were held back), ending with a null candidate.
+        sent = [m for m in sent_signaling(page) if m["type"] != "ping"]
+        assert sent[0]["type"] == "offer" and "m=video" in sent[0]["sdp"]
+        candidates = sent[1:]
+        assert candidates and all(m["type"] == "candidate" and m["session"] == session for m in candidates), sent
+        assert candidates[-1]["candidate"] is None
+        lines = [m["candidate"] for m in candidates[:-1]]
+        assert lines and all(c["candidate"].startswith("candidate:") and c["sdpMid"] is not None for c in lines)
+        assert any(" 127.0.0.1 " in c["candidate"] for c in lines), lines
+        assert page.locator("#status").inner_text().startswith("connected")
+
+        page.screenshot(path=tmp_path / "echo.png", full_page=True)
+        print(f"echo: {stats['inboundBytes']} bytes, {stats['framesDecoded']} frames decoded, "
+              f"route {page.locator('#route').inner_text()}")
+
+        closed_before = media.metric("media_sessions_closed_total", {"reason": "closed"}) or 0
+        page.get_by_role("button", name="Hang up").click()
+        wait_stats(page, "s.state === 'closed' && s.session === null", "hang up closes the call")
+        assert [m for m in sent_signaling(page) if m["type"] != "ping"][-1] == {"type": "bye", "session": session}
+        media.poll_metric("media_sessions_active", lambda v: v == 0, timeout=60)
+        assert media.metric("media_sessions_closed_total", {"reason": "closed"}) == closed_before + 1
+        assert not page.get_by_role("alert").is_visible()
+        assert problems == [], problems
+        page.close()
