@@ -1,0 +1,45 @@
+"""The chart README: its values table matches values.yaml's comments, and every value is documented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.chart.render import CHART
+from tests.chart.values_doc import BEGIN, END, documented_keys, table
+
+README = CHART / "README.md"
+
+
+def leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        return [leaf for key, child in node.items() for leaf in leaves(child, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_values_table_is_in_sync() -> None:
+    text = README.read_text()
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert section == table(), "run `python -m tests.chart.values_doc --write`"
+
+
+def test_every_value_is_documented() -> None:
+    documented = {key for key, _ in documented_keys((CHART / "values.yaml").read_text())}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    undocumented = [leaf for leaf in leaves(values)
+                    if not any(leaf == key or leaf.startswith(key + ".") for key in documented)]
+    assert undocumented == []
+
+
+def test_table_generator_sees_a_new_comment() -> None:
+    text = "a:\n  # -- The b.\n  b: 1\n  # -- The c,\n  # on two lines.\n  c: [x]\n"
+    assert documented_keys(text) == [("a.b", "The b."), ("a.c", "The c, on two lines.")]
+
+
+def test_readme_shows_install_with_the_values_people_change_first() -> None:
+    text = README.read_text()
+    assert "helm install media charts/media-service" in text
+    for value in ("image.tag", "ice.existingSecret", "hostNetwork", "metrics.serviceMonitor.labels",
+                  "alerts.labels", "operator.maxQuarantined"):
+        assert value in text.split("## WebRTC reachability")[0], value
