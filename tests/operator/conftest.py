@@ -13,16 +13,17 @@ from tests.operator.harness import OperatorProcess, start_fleet, start_operator,
 from tests.support.media_process import MediaProcess
 
 
-def _open_fds() -> int:
-    """Sockets and pipes of this process (lazily created singletons like epoll are not leaks)."""
-    count = 0
+def _open_fds() -> dict[str, str]:
+    """Sockets of this process: what an unclosed HTTP client or server leaves behind."""
+    found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        count += target.startswith(("socket:", "pipe:"))
-    return count
+        if target.startswith("socket:"):
+            found[fd] = target
+    return found
 
 
 @pytest.fixture
@@ -31,15 +32,16 @@ async def k8s() -> AsyncIterator[Cluster]:
     async with cluster() as state:
         yield state
     # The emulator's server, its client and every HTTP client of the test are closed by now.
-    assert _open_fds() <= fds, "file descriptors leaked by the emulator or the test's clients"
+    leaked = {fd: t for fd, t in _open_fds().items() if fds.get(fd) != t}
+    assert not leaked, f"sockets leaked by the emulator or the test's clients: {leaked}"
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[tuple[list[MediaProcess], int]]]]:
+async def fleet(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[tuple[list[MediaProcess], int]]]]:
     started: list[MediaProcess] = []
 
-    async def make(count: int) -> tuple[list[MediaProcess], int]:
-        media, port = await start_fleet(tmp_path, count)
+    async def make(count: int, spare: int = 0) -> tuple[list[MediaProcess], int]:
+        media, port = await start_fleet(tmp_path, count, spare)
         started.extend(media)
         return media, port
 

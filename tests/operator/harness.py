@@ -147,10 +147,15 @@ async def stop_operator(op: OperatorProcess, timeout: float = 30.0) -> int:
     return op.proc.returncode
 
 
-async def start_fleet(tmp_path: Path, count: int) -> tuple[list[MediaProcess], int]:
-    """``count`` real media-service processes on 127.0.0.2.., sharing one admin port."""
-    hosts = [f"127.0.0.{i + 2}" for i in range(count)]
-    admin_port = port_free_on_all(hosts)
+def fleet_hosts(count: int) -> list[str]:
+    return [f"127.0.0.{i + 2}" for i in range(count)]
+
+
+async def start_fleet(tmp_path: Path, count: int, spare: int = 0) -> tuple[list[MediaProcess], int]:
+    """``count`` real media-service processes on 127.0.0.2.., sharing one admin port
+    (also free on ``spare`` more addresses, for pods a test serves otherwise)."""
+    hosts = fleet_hosts(count)
+    admin_port = port_free_on_all(fleet_hosts(count + spare))
     public_port = port_free_on_all(hosts)
     env = {"MEDIA_FAULT_INJECTION": "1", **FAST_LEAK_ENV,
            "MEDIA_ADMIN_PORT": str(admin_port), "MEDIA_PORT": str(public_port)}
