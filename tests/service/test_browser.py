@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import require_tool
@@ -91,14 +92,22 @@ def browser() -> Iterator[BrowserContext]:
         assert not left, f"chromium processes left behind: {left}"
 
 
-#: Records every message the page sends on its WebSockets, to check the protocol from outside.
+#: Records the page's WebSockets and every message it sends, to check the protocol from outside.
 RECORD_SIGNALING = """
 (() => {
   window.sentSignaling = [];
-  const send = WebSocket.prototype.send;
-  WebSocket.prototype.send = function (data) {
+  window.socketsOpened = 0;
+  const Native = window.WebSocket;
+  const send = Native.prototype.send;
+  Native.prototype.send = function (data) {
     window.sentSignaling.push(String(data));
     return send.call(this, data);
+  };
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.socketsOpened += 1;
+    }
   };
 })();
 """
@@ -134,17 +143,21 @@ def wait_stats(page: Page, condition: str, what: str) -> dict:
     return media_stats(page)
 
 
+def open_page(browser: BrowserContext, media: MediaProcess, problems: list[str]) -> Page:
+    page = browser.new_page()
+    page.add_init_script(RECORD_SIGNALING)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
+    page.goto(f"{media.public_url}/?user=browser-test&device=chromium")
+    assert page.title() == "media-service · echo"
+    assert media_stats(page)["state"] == "idle"
+    return page
+
+
 def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> None:
     with media_service(tmp_path) as media:
-        page = browser.new_page()
-        page.add_init_script(RECORD_SIGNALING)
         problems: list[str] = []
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
-
-        page.goto(f"{media.public_url}/?user=browser-test&device=chromium")
-        assert page.title() == "media-service · echo"
-        assert media_stats(page)["state"] == "idle"
+        page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
 
         stats = wait_stats(page, "s.state === 'connected' && s.session", "the session connects")
@@ -188,5 +201,34 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         media.poll_metric("media_sessions_active", lambda v: v == 0, timeout=60)
         assert media.metric("media_sessions_closed_total", {"reason": "closed"}) == closed_before + 1
         assert not page.get_by_role("alert").is_visible()
+        assert problems == [], problems
+        page.close()
+
+
+def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> None:
+    """A draining server tells the page to go elsewhere: it shows it, leaves its session after
+    retry_after seconds and keeps retrying (here there is no other instance) until hung up."""
+    with media_service(tmp_path) as media:
+        problems: list[str] = []
+        page = open_page(browser, media, problems)
+        page.get_by_role("button", name="Start").click()
+        session = wait_stats(page, "s.state === 'connected' && s.session", "the session connects")["session"]
+        closed_before = media.metric("media_sessions_closed_total", {"reason": "closed"}) or 0
+
+        assert httpx.post(f"{media.admin_url}/admin/drain", timeout=10).status_code == 202
+        wait_stats(page, "s.state === 'draining'", "the page shows the drain")
+        assert "shutting down" in page.get_by_role("alert").inner_text()
+
+        # After retry_after the page says bye and reconnects; this server refuses it, again and again.
+        media.poll_metric("media_sessions_active", lambda v: v == 0, timeout=60)
+        assert media.metric("media_sessions_closed_total", {"reason": "closed"}) == closed_before + 1
+        wait_stats(page, "window.socketsOpened >= 3 && s.state === 'draining'", "the page retries")
+        assert {"type": "bye", "session": session} in sent_signaling(page)
+        assert page.get_by_role("button", name="Hang up").is_enabled()
+
+        page.get_by_role("button", name="Hang up").click()
+        wait_stats(page, "s.state === 'closed' && s.session === null", "hang up stops the retries")
+        assert page.get_by_role("button", name="Start").is_enabled()
+        assert media.metric("media_sessions_active") == 0
         assert problems == [], problems
         page.close()
