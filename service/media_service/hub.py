@@ -7,7 +7,8 @@ each queue and return, so a fan-out costs O(clients) and never waits for any cli
 A client that cannot keep up is dropped instead of slowing anyone down:
 
 * each websocket send is bounded by ``send_timeout`` (uvicorn applies real TCP backpressure, so the
-  send of a client that stops reading blocks);
+  send of a client that stops reading blocks). One hub-wide watchdog timer enforces it: a timer per
+  send would cost more than the send itself, and almost every send completes without waiting;
 * a queue holds at most ``buffer`` messages. A message that finds it full waits behind it, like a
   sender blocked on a full channel, but without a task: one timer per client is armed when the queue
   overflows and cancelled once the writer has taken the waiting messages in. If it fires, the client
@@ -65,7 +66,7 @@ class Client:
 
     __slots__ = (
         "user", "device", "sink", "closed", "reason",
-        "_state", "_queue", "_wakeup", "_stall", "_inflight", "_close", "_flush_deadline", "_writer",
+        "_state", "_queue", "_waiter", "_stall", "_interrupted", "_close", "_flush_deadline", "_writer",
     )
 
     def __init__(self, user: str, device: str, sink: MessageSink) -> None:
@@ -76,9 +77,9 @@ class Client:
         self.reason: DropReason | None = None
         self._state = _State.ACTIVE
         self._queue: deque[str] = deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._stall: asyncio.TimerHandle | None = None
-        self._inflight: asyncio.Timeout | None = None
+        self._interrupted = False  # the hub cancelled the send in progress (timeout or drop)
         self._close: tuple[int, str] | None = None
         self._flush_deadline = 0.0
         self._writer: asyncio.Task[None] | None = None
@@ -96,6 +97,14 @@ def encode(message: dict[str, Any]) -> str:
     # ASCII escapes keep lone surrogates from a client's JSON encodable: a text that fails to encode
     # at send time would break the connection of every recipient.
     return json.dumps(message, separators=(",", ":"))
+
+
+def _wake(client: Client) -> None:
+    waiter = client._waiter
+    if waiter is not None:
+        client._waiter = None
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -122,6 +131,8 @@ class Hub:
         self._close_timeout = close_timeout
         self._users: dict[str, dict[Client, None]] = {}
         self._clients: dict[Client, None] = {}
+        self._sending: dict[Client, float] = {}  # client → deadline of its send in progress
+        self._watchdog: asyncio.TimerHandle | None = None
         metrics.ws_clients.set(0)
 
     # --- connections ---------------------------------------------------------------------------
@@ -162,6 +173,9 @@ class Hub:
                 writers.append(client._writer)
         if writers:
             await asyncio.wait(writers)
+        if self._watchdog is not None and not self._sending:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     # --- producers: synchronous, never wait ----------------------------------------------------
 
@@ -208,7 +222,7 @@ class Hub:
             return False
         queue.append(text)
         if size == 0:
-            client._wakeup.set()
+            _wake(client)
         elif size >= self._buffer and client._stall is None:
             client._stall = asyncio.get_running_loop().call_later(self._send_timeout, self._stalled, client)
         return True
@@ -223,9 +237,8 @@ class Hub:
         self._metrics.ws_send_timeouts.inc()
         client._close = (CLOSE_SLOW_CLIENT, "too slow to receive: dropped")
         client._queue.clear()
-        if client._inflight is not None:
-            # End the send in progress now rather than when its own timeout fires.
-            client._inflight.reschedule(asyncio.get_running_loop().time())
+        if client in self._sending:
+            self._interrupt(client)  # end the send in progress now, not at its deadline
         log.warning("ws_client_dropped", user=client.user, device=client.device, reason=reason.value)
 
     def _remove(self, client: Client, state: _State, reason: DropReason) -> bool:
@@ -245,8 +258,28 @@ class Hub:
             client._stall.cancel()
             client._stall = None
         client.closed.set()
-        client._wakeup.set()
+        _wake(client)
         return True
+
+    def _interrupt(self, client: Client) -> None:
+        """Cancel the writer's send in progress; the writer tells this from a cancellation of its own."""
+        if not client._interrupted and client._writer is not None:
+            client._interrupted = True
+            client._writer.cancel()
+
+    def _check_sends(self) -> None:
+        """The watchdog: interrupt every send past its deadline, then wait for the next deadline."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest: float | None = None
+        for client, deadline in list(self._sending.items()):
+            if deadline <= now:
+                self._interrupt(client)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._watchdog = loop.call_at(earliest, self._check_sends)
 
     async def _write(self, client: Client) -> None:
         try:
@@ -257,7 +290,7 @@ class Hub:
             self._remove(client, _State.GONE, DropReason.DISCONNECTED)
 
     async def _pump(self, client: Client) -> None:
-        queue = client._queue
+        queue, sending = client._queue, self._sending
         loop = asyncio.get_running_loop()
         while True:
             state = client._state
@@ -266,25 +299,31 @@ class Hub:
             if not queue:
                 if state is _State.CLOSING:
                     return
-                client._wakeup.clear()
-                await client._wakeup.wait()
+                client._waiter = loop.create_future()
+                await client._waiter
                 continue
             text = queue.popleft()
             if client._stall is not None and len(queue) <= self._buffer:
                 client._stall.cancel()  # the waiting messages are all in the queue now
                 client._stall = None
             if state is _State.CLOSING:
-                timeout = max(0.0, client._flush_deadline - loop.time())
+                deadline = client._flush_deadline
             else:
-                timeout = self._send_timeout
+                deadline = loop.time() + self._send_timeout
+            sending[client] = deadline
+            watchdog = self._watchdog
+            if watchdog is None or watchdog.when() > deadline:
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._watchdog = loop.call_at(deadline, self._check_sends)
             try:
-                async with asyncio.timeout(timeout) as inflight:
-                    client._inflight = inflight
-                    try:
-                        await client.sink.send_text(text)
-                    finally:
-                        client._inflight = None
-            except TimeoutError:
+                await client.sink.send_text(text)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                # Ours only if nobody else cancelled the writer too (disconnect, loop shutdown).
+                if not client._interrupted or (task is not None and task.uncancel() > 0):
+                    raise
+                client._interrupted = False
                 if client._state is _State.ACTIVE:
                     self._drop(client, DropReason.SEND_TIMEOUT)
                 return  # dropped, or the shutdown flush ran out of time: go on to the close frame
@@ -293,6 +332,8 @@ class Hub:
                 client._close = None
                 self._remove(client, _State.GONE, DropReason.SEND_FAILED)
                 return
+            finally:
+                del sending[client]
 
     async def _send_close(self, client: Client, code: int, reason: str) -> None:
         timeout = self._close_timeout if client._state is _State.DROPPED else self._send_timeout
