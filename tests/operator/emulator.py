@@ -126,7 +126,8 @@ class Cluster:
             if _is_fixture(request.headers) or request.resource is None or not request.resource.plural:
                 continue  # the fixture's own calls; discovery (non-resource URLs every user may read)
             resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-            verb = _verb(str(request.method), request.name, dict(request.params))
+            method = str(getattr(request.method, "value", request.method)).upper()
+            verb = _verb(method, request.name, dict(request.params))
             calls.append(Call(verb, request.resource.group or "", resource, request.url.path))
         return calls
 

@@ -1,0 +1,57 @@
+"""POST /alertmanager: the same decision path as scraping, behind a bearer token."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.operator.emulator import eventually
+from tests.operator.test_quarantine import notification
+
+
+async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
+    media, port = await fleet(3)
+    names = [await k8s.add_pod(m.host) for m in media]
+    token_file = tmp_path / "token"
+    token_file.write_text("webhook-s3cret\n")
+    # A confirmation window no test waits for: only the notification can trigger the quarantine.
+    op = await operator(port, {"MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": str(token_file),
+                               "MEDIA_OPERATOR_CONFIRM_SECONDS": "3600"}, pods=3)
+    url = f"{op.url}/alertmanager"
+    auth = {"Authorization": "Bearer webhook-s3cret"}
+    target = names[1]  # its gauge reads 0: the alert alone counts as the confirmation
+    async with httpx.AsyncClient() as client:
+        async def post(payload, headers=auth, **kw) -> httpx.Response:
+            return await client.post(url, json=payload, headers=headers, **kw)
+
+        firing = notification(target, "fp-1")
+        assert (await post(firing, headers={})).status_code == 401
+        assert (await post(firing, headers={"Authorization": "Bearer wrong"})).status_code == 401
+        bad = await client.post(url, content=b"{not json", headers={**auth, "Content-Type": "application/json"})
+        assert bad.status_code == 400 and bad.json() == {"error": "body is not JSON"}
+        bad = await post({**firing, "version": "3"})
+        assert bad.status_code == 400 and "version" in bad.json()["error"]
+
+        resolved = await post(notification(target, "fp-1", status="resolved"))
+        assert resolved.status_code == 200
+        assert resolved.json() == {"accepted": [], "ignored": [{"alert": f"MediaServiceGoroutineLeak media/{target}",
+                                                                "reason": "resolved"}]}
+        other = await post(notification(target, "fp-2", name="SomethingElse"))
+        assert other.json()["ignored"][0]["reason"] == "alert name not in the allow-list"
+        stranger = await post(notification("not-ours", "fp-3"))
+        assert stranger.json()["ignored"][0]["reason"] == "pod not in scope"
+        await op.rounds(2, pods=3)
+        assert [k8s.patches(n) for n in names] == [[], [], []]
+
+        first, duplicate = await post(firing), await post(firing)
+        assert first.status_code == duplicate.status_code == 200
+        assert first.json() == {"accepted": [f"media/{target}"], "ignored": []}
+        assert duplicate.json()["ignored"] == [{"alert": f"MediaServiceGoroutineLeak media/{target}",
+                                                "reason": "duplicate"}]
+
+    await eventually(lambda: k8s.events(target, "LeakQuarantined"), timeout=30, what="quarantine by alert")
+    (patch,) = k8s.patches(target)
+    assert "confirmed by alertmanager" in patch["metadata"]["annotations"]["media-service/quarantine-reason"]
+    await op.rounds(3, pods=3)
+    assert len(k8s.patches(target)) == 1 and k8s.patches(names[0]) == [] and k8s.patches(names[2]) == []
+    assert await op.metric("media_operator_quarantines_total", source="alertmanager") == 1
+    assert await op.metric("media_operator_quarantines_total", source="scrape") == 0
