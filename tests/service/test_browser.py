@@ -180,6 +180,8 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
 
         # Signaling as the protocol says: one offer, then candidates trickled only under the session
         # id (those gathered before the answer were held back), ending with a null candidate.
+        page.wait_for_function("() => window.sentSignaling.map(t => JSON.parse(t))"
+                               ".some(m => m.type === 'candidate' && m.candidate === null)", timeout=DEADLINE_MS)
         sent = [m for m in sent_signaling(page) if m["type"] != "ping"]
         assert sent[0]["type"] == "offer" and "m=video" in sent[0]["sdp"]
         candidates = sent[1:]
