@@ -74,7 +74,7 @@ def test_all_on_renders_every_kind() -> None:
 def test_default_renders_the_whole_system_without_monitoring_crds() -> None:
     kinds = sorted(d["kind"] for d in render())
     assert kinds == sorted([
-        "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "PodDisruptionBudget",
+        "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Pod", "PodDisruptionBudget",
         "Role", "RoleBinding", "Secret", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ])
 
