@@ -1,0 +1,355 @@
+"""Fan-out through the signaling hub with slow clients among the fast ones.
+
+1,000 WebSocket clients are devices of one user; a tenth never read after the handshake. A sender
+relays messages to that user at a steady rate, and the benchmark reports:
+
+- delivery latency to the healthy clients (sender's send → client's receive, one process, one clock);
+- for each non-reader, how long after its socket stopped taking data the server dropped it;
+- whether any healthy client was dropped.
+
+Getting a non-reader to push back takes a full socket: its kernel receive buffer, the server's send
+buffer (sized from the segment size: non-readers announce 1400 bytes, as on a real network, instead
+of loopback's 64 KiB) and uvicorn's write buffer, about 0.15 MiB in all. A few large "fill" messages
+do that first, and every client waits for them, so the steady phase starts with all non-readers
+blocked: from then on each of them should be dropped about MEDIA_WS_SEND_TIMEOUT later.
+
+Run from the repository root: ``PYTHONPATH=. .venv/bin/python bench/hub_fanout.py`` (starts the
+service on 127.0.0.5). ``--ws-url/--admin-url`` measure a running service instead; per-client drop
+times then come from the counter only. Loopback only, bounded: about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from tests.support.media_process import start_media_service, stop_media_service
+
+FILL_MESSAGES = 4
+FILL_PAD = "f" * 60_000  # under the service's 64 KiB message limit; 4 of them > 0.15 MiB
+
+
+class Healthy(asyncio.Protocol):
+    """A reading client: the websockets protocol driven straight from ``data_received``.
+
+    No task and no queue per connection, so that 900 of them in one process measure the server,
+    not the benchmark's own scheduling; the receive time is taken as the bytes arrive.
+    """
+
+    def __init__(self, url: str, sent_at: dict[int, float]) -> None:
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.sent_at = sent_at
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[int | None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.latencies: list[float] = []
+        self.seen = 0  # messages received, fill included
+        self.out_of_order = 0
+        self.last = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                if self.protocol.handshake_exc is not None:
+                    self.opened.set_exception(self.protocol.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.on_message(json.loads(event.data), now)
+        self.flush()  # pongs and the closing handshake
+
+    def on_message(self, message: dict, now: float) -> None:
+        self.seen += 1
+        data = message.get("data")
+        if not isinstance(data, dict) or "seq" not in data:
+            return
+        seq = data["seq"]
+        if seq != self.last + 1:
+            self.out_of_order += 1
+        self.last = seq
+        self.latencies.append(now - self.sent_at[seq])
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+        if not self.lost.done():
+            self.lost.set_result(self.protocol.close_code)
+
+    def flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    @property
+    def closed_by_server(self) -> bool:
+        return self.lost.done() or self.protocol.close_rcvd is not None
+
+    async def close(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.protocol.send_close(1000)
+        self.flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost), 5)
+        except TimeoutError:
+            self.transport.abort()
+
+
+async def open_healthy(ws_url: str, device: str, sent_at: dict[int, float]) -> Healthy:
+    parts = urlsplit(ws_url)
+    url = f"{ws_url}?user=room&device={device}"
+    _, client = await asyncio.get_running_loop().create_connection(
+        lambda: Healthy(url, sent_at), parts.hostname, parts.port)
+    await asyncio.wait_for(client.opened, 10)
+    return client
+
+
+@dataclass
+class Target:
+    ws_url: str
+    admin_url: str
+    log: Path | None  # the service's log when this benchmark started it
+
+
+async def open_non_reader(ws_url: str, device: str) -> socket.socket:
+    """Handshake by hand on a socket with a small window and MSS, then never read again."""
+    parts = urlsplit(ws_url)
+    assert parts.hostname is not None and parts.port is not None
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (parts.hostname, parts.port))
+        request = (
+            f"GET {parts.path}?user=room&device={device} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        response = b""
+        async with asyncio.timeout(10):
+            while b"\r\n\r\n" not in response:
+                chunk = await loop.sock_recv(sock, 1)  # byte by byte: read nothing past the handshake
+                if not chunk:
+                    raise ConnectionError("closed during the handshake")
+                response += chunk
+        if not response.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(response.decode(errors="replace"))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def metric(admin_url: str, name: str) -> float:
+    text = httpx.get(f"{admin_url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise KeyError(name)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
+
+
+def drops_from_log(log: Path) -> dict[str, tuple[float, str]]:
+    """device → (wall-clock time, reason) of every drop the service logged."""
+    drops = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"ws_client_dropped"' not in line:
+            continue
+        event = json.loads(line)
+        drops[event["device"]] = (datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp(),
+                                  event["reason"])
+    return drops
+
+
+@contextlib.asynccontextmanager
+async def service(args: argparse.Namespace) -> AsyncIterator[Target]:
+    if args.ws_url:
+        yield Target(args.ws_url, args.admin_url, None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is one connection relaying fast
+        media = await asyncio.to_thread(start_media_service, Path(tmp), host=args.host, env=env)
+        try:
+            yield Target(media.ws_url, media.admin_url, media.log_path)
+        finally:
+            await asyncio.to_thread(stop_media_service, media)
+
+
+def raise_fd_limit(needed: int) -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft < needed:
+        sys.exit(f"need {needed} open files, the hard limit is {hard}")
+    return soft, hard
+
+
+async def run(args: argparse.Namespace) -> dict:
+    n_slow = args.clients * args.non_reader_percent // 100
+    n_healthy = args.clients - n_slow
+    sent_at: dict[int, float] = {}
+    async with service(args) as target:
+        sender = await connect(f"{target.ws_url}?user=bench&device=sender")
+        healthy: list[Healthy] = []
+        slow: list[socket.socket] = []
+        try:
+            for start in range(0, n_healthy, 50):
+                healthy += await asyncio.gather(*(open_healthy(target.ws_url, f"h{i}", sent_at)
+                                                  for i in range(start, min(start + 50, n_healthy))))
+            slow = list(await asyncio.gather(*(open_non_reader(target.ws_url, f"n{i}") for i in range(n_slow))))
+            clients_gauge = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
+            timeouts_before = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
+
+            # Fill the non-readers' sockets; everyone waits until the healthy clients have it all.
+            for k in range(FILL_MESSAGES):
+                await sender.send(json.dumps({"type": "message", "to": "room", "data": {"fill": k, "pad": FILL_PAD}}))
+            await wait_for(lambda: all(c.seen >= FILL_MESSAGES for c in healthy), 120, "fill delivered")
+            blocked_at = time.time()
+
+            # Steady phase: `rate` relays a second, each reaching every device of the user.
+            interval = 1.0 / args.rate
+            started = time.perf_counter()
+            counter_at: float | None = None
+            for seq in range(args.messages):
+                await asyncio.sleep(max(0.0, started + seq * interval - time.perf_counter()))
+                sent_at[seq] = time.perf_counter()
+                await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": "p" * args.size}}))
+                if counter_at is None and seq % args.rate == 0:
+                    dropped = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
+                    if dropped - timeouts_before >= n_slow:
+                        counter_at = time.time()
+            await wait_for(lambda: all(c.seen >= FILL_MESSAGES + args.messages for c in healthy), 60, "steady delivered")
+
+            timeouts = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total") - timeouts_before
+            clients_after = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
+            healthy_closed = sum(1 for c in healthy if c.closed_by_server)
+            latencies = [x for c in healthy for x in c.latencies]
+            result: dict = {
+                "load_average_1m": round(os.getloadavg()[0], 2),  # the CPUs are shared: context for the figures
+                "cpus": os.cpu_count(),
+                "clients": args.clients,
+                "healthy": n_healthy,
+                "non_readers": n_slow,
+                "connected_gauge_before": clients_gauge,
+                "connected_gauge_after": clients_after,
+                "steady_messages": args.messages,
+                "rate_per_s": args.rate,
+                "payload_bytes": args.size,
+                "deliveries": len(latencies),
+                "deliveries_expected": n_healthy * args.messages,
+                "latency_ms": {
+                    "p50": round(1000 * quantile(latencies, 0.50), 2),
+                    "p99": round(1000 * quantile(latencies, 0.99), 2),
+                    "max": round(1000 * max(latencies), 2),
+                },
+                "out_of_order": sum(c.out_of_order for c in healthy),
+                "send_timeouts": timeouts,
+                "healthy_closed_by_server": healthy_closed,
+            }
+            if target.log is not None:
+                drops = drops_from_log(target.log)
+                after = sorted(t - blocked_at for d, (t, _) in drops.items() if d.startswith("n"))
+                result["non_readers_dropped"] = len(after)
+                result["drop_after_blocked_s"] = {
+                    "min": round(after[0], 3), "p50": round(statistics.median(after), 3), "max": round(after[-1], 3),
+                } if after else None
+                result["drop_reasons"] = sorted({reason for _, reason in drops.values()})
+                result["healthy_dropped"] = sorted(d for d in drops if not d.startswith("n"))
+            elif counter_at is not None:
+                result["all_non_readers_dropped_within_s"] = round(counter_at - blocked_at, 3)
+            result["ok"] = bool(
+                result["latency_ms"]["p99"] <= 100
+                and timeouts == n_slow
+                and healthy_closed == 0
+                and not result.get("healthy_dropped")
+                and result["deliveries"] == result["deliveries_expected"]
+                and result["out_of_order"] == 0
+            )
+            return result
+        finally:
+            for sock in slow:
+                sock.close()
+            await asyncio.gather(*(c.close() for c in healthy), sender.close(), return_exceptions=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--non-reader-percent", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=100, help="relays in the steady phase")
+    parser.add_argument("--rate", type=int, default=10, help="relays a second")
+    parser.add_argument("--size", type=int, default=200, help="payload characters per relay")
+    parser.add_argument("--host", default="127.0.0.5", help="loopback address to start the service on")
+    parser.add_argument("--ws-url", help="measure a running service, e.g. ws://127.0.0.1:8080/ws")
+    parser.add_argument("--admin-url", help="its admin base URL, e.g. http://127.0.0.1:9090")
+    args = parser.parse_args()
+    for url in (args.ws_url, args.admin_url, f"http://{args.host}"):
+        if url and not (urlsplit(url).hostname or "").startswith("127."):
+            parser.error(f"{url}: loopback (127.0.0.0/8) only")
+    if bool(args.ws_url) != bool(args.admin_url):
+        parser.error("--ws-url and --admin-url go together")
+    if not 1 <= args.clients <= 5000 or not 1 <= args.messages <= 10_000 or not 1 <= args.rate <= 1000:
+        parser.error("clients 1-5000, messages 1-10000, rate 1-1000")
+    # Our sockets, plus the service's when we start it (it inherits the limit).
+    raise_fd_limit(2 * args.clients + 256)
+    result = asyncio.run(asyncio.wait_for(run(args), timeout=600))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
