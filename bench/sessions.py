@@ -88,8 +88,8 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(warmup=1, latency_sessions=10, latency_concurrency=5, residue_sessions=20,
-             residue_concurrency=5, residue_window_s=5.0, vanish_sessions=10, idle_sessions=10, video_sessions=1,
-             video_window_s=3.0, metrics_steps=(0, 10), metrics_scrapes=10)
+             residue_concurrency=5, residue_window_s=2.0, vanish_sessions=10, idle_sessions=10,
+             video_sessions=1, video_window_s=2.0, metrics_steps=(0, 10), metrics_scrapes=10)
 
 
 def say(message: str) -> None:
