@@ -263,9 +263,11 @@ class Hub:
 
     def _interrupt(self, client: Client) -> None:
         """Cancel the writer's send in progress; the writer tells this from a cancellation of its own."""
-        if not client._interrupted and client._writer is not None:
+        writer = client._writer
+        # Never the writer itself: it drops its client after a timeout and must go on to the close.
+        if not client._interrupted and writer is not None and writer is not asyncio.current_task():
             client._interrupted = True
-            client._writer.cancel()
+            writer.cancel()
 
     def _check_sends(self) -> None:
         """The watchdog: interrupt every send past its deadline, then wait for the next deadline."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import time
@@ -27,6 +28,7 @@ class MemorySink:
         self.close_gate.set()
         self.closed_with: tuple[int, str] | None = None
         self.fail_with: Exception | None = None
+        self.cancelled_at: float | None = None  # when the hub cut a send short
 
     @property
     def received(self) -> list[dict]:
@@ -40,11 +42,15 @@ class MemorySink:
             await self.gate.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled_at = time.monotonic()
+            raise
         finally:
             self.sending.clear()
         self.raw.append(data)
 
     async def close(self, code: int, reason: str) -> None:
+        await asyncio.sleep(0)  # a real close suspends: a stray cancellation would land here
         await self.close_gate.wait()
         self.closed_with = (code, reason)
 
@@ -381,3 +387,47 @@ async def test_client_repr_names_it(make_hub) -> None:
     hub = make_hub()
     client: Client = hub.connect("u", "d", MemorySink())
     assert "'u'" in repr(client) and "active" in repr(client)
+
+
+async def test_each_blocked_send_gets_its_own_full_timeout(make_hub, metrics) -> None:
+    # One watchdog serves every send: sends that start at different moments must each get
+    # send_timeout from their own start, neither less nor much more.
+    timeout = 0.5
+    hub = make_hub(send_timeout=timeout)
+    sinks = [MemorySink() for _ in range(3)]
+    clients = [hub.connect("u", f"d{i}", sink) for i, sink in enumerate(sinks)]
+    started: list[float] = []
+    for client, sink in zip(clients, sinks, strict=True):
+        sink.gate.clear()
+        started.append(time.monotonic())
+        assert hub.send(client, msg(0))
+        await until(sink.sending.is_set)
+        await asyncio.sleep(0.2)  # the next client blocks later
+    dropped_after: list[float] = []
+    for client, sink, t0 in zip(clients, sinks, started, strict=True):
+        await asyncio.wait_for(client.closed.wait(), timeout=10)
+        assert client.reason is DropReason.SEND_TIMEOUT
+        assert sink.cancelled_at is not None
+        dropped_after.append(sink.cancelled_at - t0)
+    assert all(timeout - 0.05 <= d < timeout + 1.0 for d in dropped_after), dropped_after
+    assert sample(metrics, "media_ws_send_timeouts_total") == 3
+
+
+async def test_writer_runs_in_the_callers_context(make_hub) -> None:
+    # Task ownership reads a ContextVar set around connect(): the writer must inherit it.
+    owner: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="none")
+    seen: list[str] = []
+
+    class Recording(MemorySink):
+        async def send_text(self, data: str) -> None:
+            seen.append(owner.get())
+            await super().send_text(data)
+
+    hub = make_hub()
+    token = owner.set("ws:1")
+    try:
+        client = hub.connect("u", "d", Recording())
+    finally:
+        owner.reset(token)
+    assert hub.send(client, msg(0))
+    await until(lambda: seen == ["ws:1"])
