@@ -1,0 +1,45 @@
+"""NOTES.txt, as `helm install` prints it: where things are, and the warnings that matter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.chart.render import CHART, NAMESPACE, RELEASE, helm, values_file
+
+
+def notes(values: dict[str, Any] | None, tmp_path: Any) -> str:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    if values:
+        args += ["--values", str(values_file(values, tmp_path))]
+    out = helm(*args).stdout
+    assert "NOTES:" in out
+    return out.split("NOTES:", 1)[1]
+
+
+def test_default_notes(tmp_path: Any) -> None:
+    text = notes(None, tmp_path)
+    assert "port-forward svc/media-media-service 8080" in text
+    assert "port-forward svc/media-media-service-metrics 9090" in text
+    assert "http://media-media-service-operator.media.svc:8081/alertmanager" in text
+    assert "get secret media-media-service-operator-webhook -o jsonpath='{.data.token}'" in text
+    assert "WARNING: no ICE servers" in text
+    assert "NOTE: the PrometheusRule and ServiceMonitor are not installed" in text
+    assert "DRY RUN" not in text
+
+
+@pytest.mark.parametrize("values", [
+    {"hostNetwork": True},
+    {"ice": {"existingSecret": "turn"}},
+    {"ice": {"servers": [{"urls": "stun:stun.example.org:3478"}]}},
+])
+def test_no_ice_warning_when_media_is_reachable(values: dict[str, Any], tmp_path: Any) -> None:
+    assert "WARNING: no ICE servers" not in notes(values, tmp_path)
+
+
+def test_monitoring_and_dry_run_notes(tmp_path: Any) -> None:
+    text = notes({"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
+                  "operator": {"dryRun": True}}, tmp_path)
+    assert "not installed" not in text
+    assert "DRY RUN" in text
