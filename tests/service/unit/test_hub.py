@@ -166,7 +166,7 @@ async def test_a_blocked_client_does_not_delay_the_others(make_hub, metrics) -> 
     assert [m["data"] for m in stuck.received] == list(range(100))
 
 
-async def test_fanout_to_1000_clients_is_linear_and_does_not_wait(make_hub) -> None:
+async def test_fanout_to_1000_clients_returns_at_once(make_hub) -> None:
     hub = make_hub(send_timeout=30.0)
     sinks = [MemorySink() for _ in range(1000)]
     for sink in sinks[:100]:
