@@ -2,8 +2,9 @@
 
 Measures what the service pays: the task factory on every task created (unowned and owned),
 one census (the per-interval sample), and one task dump, at task counts a busy pod reaches.
-Run: ``python bench/leak_bench.py`` (``--json`` for machine-readable output, ``--uvloop`` to
-measure on uvloop, which uvicorn picks when it is installed). Bounded: about 10-20 s on 2 cores.
+Prints one JSON document on stdout (``--table`` for a readable summary instead; ``--uvloop`` to
+measure on uvloop, which uvicorn picks when it is installed; ``--quick`` for a smoke run).
+Run: ``python bench/leak_sample.py``. Bounded: about 10-20 s on 2 cores, a few with ``--quick``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from media_service.leak.ownership import Owner, TaskOwnership, owned_by
 from media_service.leak.taskdump import task_dump
 
 REPEATS = 5
+QUICK_REPEATS = 2
 
 
 async def _noop() -> None:
@@ -41,12 +43,12 @@ def _best(samples: list[float]) -> float:
     return min(samples)
 
 
-async def task_creation(count: int) -> dict[str, float]:
+async def task_creation(count: int, repeats: int) -> dict[str, float]:
     """Microseconds per create_task: no factory, factory with no owner, factory inside an owner's scope."""
     loop = asyncio.get_running_loop()
     ownership = TaskOwnership()
     results: dict[str, list[float]] = {"no_factory": [], "factory_unowned": [], "factory_owned": []}
-    for _ in range(REPEATS):  # interleaved, so drift in machine load hits all three alike
+    for _ in range(repeats):  # interleaved, so drift in machine load hits all three alike
         results["no_factory"].append(await _create(count))
         ownership.install(loop)
         try:
@@ -58,7 +60,9 @@ async def task_creation(count: int) -> dict[str, float]:
     return {name: _best(values) / count * 1e6 for name, values in results.items()}
 
 
-async def _with_pending_tasks(count: int, measure: Callable[[TaskOwnership], object]) -> dict[str, float]:
+async def _with_pending_tasks(
+    count: int, measure: Callable[[TaskOwnership], object], repeats: int
+) -> dict[str, float]:
     """Milliseconds for ``measure`` with ``count`` pending tasks, half of them owned by 100 owners."""
     loop = asyncio.get_running_loop()
     ownership = TaskOwnership()
@@ -77,7 +81,7 @@ async def _with_pending_tasks(count: int, measure: Callable[[TaskOwnership], obj
             owner.close(now=0.0)  # some orphans, so every state is exercised
         await asyncio.sleep(0)
         times = []
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             start = time.perf_counter()
             measure(ownership)
             times.append(time.perf_counter() - start)
@@ -88,32 +92,35 @@ async def _with_pending_tasks(count: int, measure: Callable[[TaskOwnership], obj
         ownership.uninstall(loop)
 
 
-async def run(counts: list[int]) -> dict[str, Any]:
+async def run(counts: list[int], repeats: int) -> dict[str, Any]:
     report: dict[str, Any] = {"python": sys.version.split()[0], "loop": type(asyncio.get_running_loop()).__module__}
-    report["task_creation_us"] = await task_creation(50_000)
+    report["task_creation_us"] = await task_creation(min(50_000, max(counts)), repeats)
     report["census_ms"] = {
-        n: await _with_pending_tasks(n, lambda o: take_census(o, grace=30.0)) for n in counts
+        n: await _with_pending_tasks(n, lambda o: take_census(o, grace=30.0), repeats) for n in counts
     }
     report["dump_ms"] = {
-        n: await _with_pending_tasks(n, lambda o: task_dump(o, grace=30.0)) for n in counts
+        n: await _with_pending_tasks(n, lambda o: task_dump(o, grace=30.0), repeats) for n in counts
     }
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--table", action="store_true", help="print a readable summary instead of JSON")
     parser.add_argument("--uvloop", action="store_true", help="measure on uvloop")
-    parser.add_argument("--counts", default="1000,10000,50000", help="pending task counts to measure")
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer tasks and repeats")
+    parser.add_argument("--counts", default=None, help="pending task counts to measure (default 1000,10000,50000)")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.counts.split(",")]
+    default_counts = "1000,10000" if args.quick else "1000,10000,50000"
+    counts = [int(c) for c in (args.counts or default_counts).split(",")]
+    repeats = QUICK_REPEATS if args.quick else REPEATS
     runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    report = runner(run(counts))
-    if args.json:
+    report = runner(run(counts, repeats))
+    if not args.table:
         print(json.dumps(report, indent=2))
         return 0
     print(f"python {report['python']}, loop {report['loop']}")
