@@ -148,6 +148,13 @@ class Target:
     ws_url: str
     admin_url: str
     log: Path | None  # the service's log when this benchmark started it
+    pid: int | None  # and its process
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def open_non_reader(ws_url: str, device: str) -> socket.socket:
@@ -218,13 +225,13 @@ def drops_from_log(log: Path) -> dict[str, tuple[float, str]]:
 @contextlib.asynccontextmanager
 async def service(args: argparse.Namespace) -> AsyncIterator[Target]:
     if args.ws_url:
-        yield Target(args.ws_url, args.admin_url, None)
+        yield Target(args.ws_url, args.admin_url, None, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is one connection relaying fast
         media = await asyncio.to_thread(start_media_service, Path(tmp), host=args.host, env=env)
         try:
-            yield Target(media.ws_url, media.admin_url, media.log_path)
+            yield Target(media.ws_url, media.admin_url, media.log_path, media.proc.pid)
         finally:
             await asyncio.to_thread(stop_media_service, media)
 
@@ -248,21 +255,27 @@ async def run(args: argparse.Namespace) -> dict:
         healthy: list[Healthy] = []
         slow: list[socket.socket] = []
         try:
+            # Non-readers first: a fan-out reaches clients in the order they connected, so their
+            # sockets fill, and their sends block, right after the sender's fill messages.
+            slow = list(await asyncio.gather(*(open_non_reader(target.ws_url, f"n{i}") for i in range(n_slow))))
             for start in range(0, n_healthy, 50):
                 healthy += await asyncio.gather(*(open_healthy(target.ws_url, f"h{i}", sent_at)
                                                   for i in range(start, min(start + 50, n_healthy))))
-            slow = list(await asyncio.gather(*(open_non_reader(target.ws_url, f"n{i}") for i in range(n_slow))))
             clients_gauge = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
             timeouts_before = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
 
             # Fill the non-readers' sockets; everyone waits until the healthy clients have it all.
             for k in range(FILL_MESSAGES):
                 await sender.send(json.dumps({"type": "message", "to": "room", "data": {"fill": k, "pad": FILL_PAD}}))
-            await wait_for(lambda: all(c.seen >= FILL_MESSAGES for c in healthy), 120, "fill delivered")
+            # The non-readers' sends block once the server has relayed this, so a drop time measured
+            # from here is, if anything, too long.
             blocked_at = time.time()
+            await wait_for(lambda: all(c.seen >= FILL_MESSAGES for c in healthy), 120, "fill delivered")
 
             # Steady phase: `rate` relays a second, each reaching every device of the user.
             interval = 1.0 / args.rate
+            cpu_bench = time.process_time()
+            cpu_server = cpu_seconds(target.pid) if target.pid else None
             started = time.perf_counter()
             counter_at: float | None = None
             for seq in range(args.messages):
@@ -274,6 +287,10 @@ async def run(args: argparse.Namespace) -> dict:
                     if dropped - timeouts_before >= n_slow:
                         counter_at = time.time()
             await wait_for(lambda: all(c.seen >= FILL_MESSAGES + args.messages for c in healthy), 60, "steady delivered")
+            wall = time.perf_counter() - started
+            cpu_bench = time.process_time() - cpu_bench
+            if target.pid and cpu_server is not None:
+                cpu_server = cpu_seconds(target.pid) - cpu_server
 
             timeouts = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total") - timeouts_before
             clients_after = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
@@ -290,6 +307,11 @@ async def run(args: argparse.Namespace) -> dict:
                 "steady_messages": args.messages,
                 "rate_per_s": args.rate,
                 "payload_bytes": args.size,
+                # Share of one CPU each side used in the steady phase: which one set the pace.
+                "steady_cpu_share": {
+                    "benchmark": round(cpu_bench / wall, 2),
+                    "service": round(cpu_server / wall, 2) if cpu_server is not None else None,
+                },
                 "deliveries": len(latencies),
                 "deliveries_expected": n_healthy * args.messages,
                 "latency_ms": {
