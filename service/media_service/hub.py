@@ -12,8 +12,9 @@ A client that cannot keep up is dropped instead of slowing anyone down:
 * a queue holds at most ``buffer`` messages. A message that finds it full waits behind it, like a
   sender blocked on a full channel, but without a task: one timer per client is armed when the queue
   overflows and cancelled once the writer has taken the waiting messages in. If it fires, the client
-  is dropped. The waiting messages are capped at ``buffer`` as well, so a client never holds more than
-  ``2 * buffer`` references to texts that are shared with every other client of the fan-out.
+  is dropped. The waiting messages are capped too (``max_waiting``, by default ``buffer``), so a
+  client never holds more than ``2 * buffer`` references to texts that are shared with every other
+  client of the fan-out.
 
 So a client receives every message in order, or is dropped: there is never a silent gap.
 """
@@ -119,12 +120,15 @@ class Hub:
         buffer: int = 256,
         send_timeout: float = 1.0,
         close_timeout: float = 5.0,
+        max_waiting: int | None = None,
     ) -> None:
-        if buffer < 1 or send_timeout <= 0 or close_timeout <= 0:
-            raise ValueError("buffer, send_timeout and close_timeout must be positive")
+        """``max_waiting`` (default: ``buffer``) caps the messages waiting behind a full queue; 0 drops
+        a client as soon as a message finds its queue full."""
+        if buffer < 1 or send_timeout <= 0 or close_timeout <= 0 or (max_waiting or 0) < 0:
+            raise ValueError("buffer, send_timeout and close_timeout must be positive, max_waiting >= 0")
         self._metrics = metrics
         self._buffer = buffer
-        self._limit = 2 * buffer  # queued + waiting
+        self._limit = buffer + (buffer if max_waiting is None else max_waiting)  # queued + waiting
         self._send_timeout = send_timeout
         # A dropped client's close frame may wait for its socket to drain a little longer than a send:
         # if the client reads again it learns why it was closed. The writer ends either way.

@@ -376,11 +376,27 @@ async def test_metrics_stay_exact_under_churn(make_hub, metrics) -> None:
     assert all(c.reason is None for c in healthy[10:])
 
 
+async def test_no_waiting_drops_on_the_first_message_that_finds_the_queue_full(make_hub, metrics) -> None:
+    hub = make_hub(buffer=2, send_timeout=30.0, max_waiting=0)
+    sink = MemorySink()
+    sink.gate.clear()
+    client = hub.connect("u", "d", sink)
+    assert hub.send(client, msg(0))
+    await until(sink.sending.is_set)
+    assert hub.send(client, msg(1)) and hub.send(client, msg(2))
+    assert client.queued == 2 and not client.closed.is_set()
+    assert hub.send(client, msg(3)) is False
+    assert client.reason is DropReason.QUEUE_FULL
+    assert sample(metrics, "media_ws_send_timeouts_total") == 1
+
+
 def test_rejects_nonsense_settings(metrics) -> None:
     with pytest.raises(ValueError):
         Hub(metrics, buffer=0)
     with pytest.raises(ValueError):
         Hub(metrics, send_timeout=0)
+    with pytest.raises(ValueError):
+        Hub(metrics, max_waiting=-1)
 
 
 async def test_client_repr_names_it(make_hub) -> None:
