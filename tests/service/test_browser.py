@@ -23,6 +23,7 @@ from tests.support.media_process import MediaProcess, media_service
 
 try:
     from playwright.sync_api import BrowserContext, Page, sync_playwright
+    from playwright.sync_api import TimeoutError as PageTimeout
 except ImportError:  # reported by the fixture below, so that collection of other tests goes on
     sync_playwright = None
 
@@ -131,15 +132,20 @@ def media_stats(page: Page) -> dict:
     return page.evaluate("() => ({...window.mediaStats})")
 
 
-def wait_stats(page: Page, condition: str, what: str) -> dict:
-    """Wait until a JS condition on ``s`` (window.mediaStats) holds; fail saying what was awaited."""
+def wait_stats(page: Page, condition: str, what: str, unless: str | None = None) -> dict:
+    """Wait until a JS condition on ``s`` (window.mediaStats) holds; fail saying what was awaited,
+    at once if ``unless`` holds first (a page that gave up will not get there)."""
+    predicate = f"!!s && ({condition})"
     try:
-        page.wait_for_function(f"() => {{ const s = window.mediaStats; return !!s && ({condition}); }}",
+        page.wait_for_function(f"() => {{ const s = window.mediaStats; return {predicate} || !!s && ({unless or 'false'}); }}",
                                timeout=DEADLINE_MS, polling=100)
-    except Exception as exc:
+        reached = page.evaluate(f"() => {{ const s = window.mediaStats; return {predicate}; }}")
+        problem = "" if reached else "the page gave up"
+    except PageTimeout:
+        problem = f"not within {DEADLINE_MS} ms"
+    if problem:
         log = page.locator("#log").inner_text()
-        raise AssertionError(f"{what}: not within {DEADLINE_MS} ms; mediaStats={media_stats(page)}\n"
-                             f"page events:\n{log}") from exc
+        raise AssertionError(f"{what}: {problem}; mediaStats={media_stats(page)}\npage events:\n{log}")
     return media_stats(page)
 
 
@@ -160,7 +166,8 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
 
-        stats = wait_stats(page, "s.state === 'connected' && s.session", "the session connects")
+        stats = wait_stats(page, "s.state === 'connected' && s.session", "the session connects",
+                           unless="s.state === 'closed'")
         session = stats["session"]
         assert media.metric("media_sessions_active") == 1
 
@@ -214,7 +221,8 @@ def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> Non
         problems: list[str] = []
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
-        session = wait_stats(page, "s.state === 'connected' && s.session", "the session connects")["session"]
+        session = wait_stats(page, "s.state === 'connected' && s.session", "the session connects",
+                             unless="s.state === 'closed'")["session"]
         closed_before = media.metric("media_sessions_closed_total", {"reason": "closed"}) or 0
 
         assert httpx.post(f"{media.admin_url}/admin/drain", timeout=10).status_code == 202
