@@ -109,7 +109,10 @@ class SessionManager:
         check_offer(offer_sdp)
         session_id = secrets.token_urlsafe(12)
         owner = Owner(f"session:{session_id}")
+        # An offer being answered is a session for the drain: the client must get its answer
+        # (or an error) before the drain can decide that nothing is left.
         self._reserved += 1
+        self.empty.clear()
         try:
             with owned_by(owner):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
@@ -126,13 +129,13 @@ class SessionManager:
                     if isinstance(exc, asyncio.TimeoutError):
                         raise SessionError("timed out answering the offer") from None
                     raise
+            self._sessions[session_id] = session
         except BaseException:
             owner.close()
             raise
         finally:
             self._reserved -= 1
-        self._sessions[session_id] = session
-        self.empty.clear()
+            self._settle()
         self._metrics.sessions_created.inc()
         self._metrics.sessions_active.set(len(self._sessions))
         self._timers[session_id] = asyncio.get_running_loop().call_later(
@@ -214,15 +217,19 @@ class SessionManager:
         session.close_reason = reason
         self._metrics.sessions_active.set(len(self._sessions))
         self._metrics.sessions_closed.labels(reason=reason).inc()
-        if not self._sessions:
-            self.empty.set()
         await self._close_pc(session)
         session.owner.close()
         session.closed.set()
         for listener in session.listeners:
             listener(session, reason)
         log.debug("session_closed", session=session_id, reason=reason, active=len(self._sessions))
+        # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
+        self._settle()
         return True
+
+    def _settle(self) -> None:
+        if not self._sessions and not self._reserved:
+            self.empty.set()
 
     async def _close_pc(self, session: Session) -> None:
         try:
