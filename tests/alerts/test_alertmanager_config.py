@@ -9,10 +9,16 @@ import pytest
 import yaml
 
 from tests.alerts.test_rules import alert_rules
-from tests.support.alertmanager import WebhookReceiver, alert, alertmanager_server, amtool, route_receivers
-from tests.support.prometheus import ALERTS_DIR
+from tests.support.alertmanager import (
+    EXAMPLE_CONFIG as EXAMPLE,
+    WebhookReceiver,
+    alert,
+    alertmanager_server,
+    amtool,
+    example_config,
+    route_receivers,
+)
 
-EXAMPLE = ALERTS_DIR / "alertmanager.example.yaml"
 LEAK = "MediaServiceGoroutineLeak"
 
 
@@ -42,17 +48,6 @@ def test_operator_receiver_contract() -> None:
     assert auth["type"] == "Bearer" and auth["credentials_file"]
 
 
-def live_config(webhook_url: str, token_file: Path) -> dict:
-    """The example, pointed at a local receiver and token, with the waits shortened for a test."""
-    config = yaml.safe_load(EXAMPLE.read_text())
-    for route in [config["route"], *config["route"]["routes"]]:
-        route.update(group_wait="100ms", group_interval="100ms")
-    (receiver,) = [r for r in config["receivers"] if r["name"] == "media-operator"]
-    receiver["webhook_configs"][0]["url"] = webhook_url
-    receiver["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"] = str(token_file)
-    return config
-
-
 def test_live_alertmanager_notifies_the_operator_webhook(tmp_path: Path) -> None:
     """A real Alertmanager with the example routing: the leak alert reaches the webhook with the
     bearer token and per-pod grouping, and so does its resolution; other alerts never do."""
@@ -61,7 +56,7 @@ def test_live_alertmanager_notifies_the_operator_webhook(tmp_path: Path) -> None
     leak_labels = {"alertname": LEAK, "severity": "warning", "namespace": "media", "pod": "media-a"}
     other_labels = {"alertname": "MediaServiceDrainStuck", "severity": "warning", "namespace": "media",
                     "pod": "media-b"}
-    with WebhookReceiver() as webhook, alertmanager_server(tmp_path / "am", live_config(webhook.url, token_file)) as am:
+    with WebhookReceiver() as webhook, alertmanager_server(tmp_path / "am", example_config(webhook.url, token_file)) as am:
         am.post_alerts([alert(other_labels), alert(leak_labels)])
         firing = webhook.wait_for(lambda n: n.body.get("status") == "firing")
         assert firing.headers["authorization"] == "Bearer s3cret-token"

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.alerts.test_alertmanager_config import live_config
-from tests.support.alertmanager import WebhookReceiver, alertmanager_server
-from tests.support.prometheus import MetricsTarget, fast_rules, prometheus_server, wait_until
+from tests.support.alertmanager import WebhookReceiver, alertmanager_server, example_config
+from tests.support.prometheus import MetricsTarget, fast_rules, prometheus_server, static_job, wait_until
 
 LEAKING = """\
 media_potential_goroutine_leak 1
@@ -24,8 +23,7 @@ HEALTHY = LEAKING.replace("leak 1", "leak 0").replace("unowned 75", "unowned 25"
 
 def scrape_job(target: MetricsTarget) -> dict:
     # The labels the chart's ServiceMonitor gives a media pod's series.
-    return {"job_name": "media-service",
-            "static_configs": [{"targets": [target.address], "labels": {"namespace": "media", "pod": "media-a"}}]}
+    return static_job("media-service", target.address, {"namespace": "media", "pod": "media-a"})
 
 
 def test_prometheus_scrapes_and_evaluates_the_fast_rules(tmp_path: Path) -> None:
@@ -59,7 +57,7 @@ def test_prometheus_alert_reaches_the_webhook_through_alertmanager(tmp_path: Pat
     token_file.write_text("t0ken")
     with (
         WebhookReceiver() as webhook,
-        alertmanager_server(tmp_path / "am", live_config(webhook.url, token_file)) as am,
+        alertmanager_server(tmp_path / "am", example_config(webhook.url, token_file)) as am,
         MetricsTarget(LEAKING) as target,
         prometheus_server(
             tmp_path / "prom",

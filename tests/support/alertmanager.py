@@ -18,7 +18,9 @@ import httpx
 import yaml
 
 from tests.support.ports import free_port
-from tests.support.prometheus import require_tool, wait_until
+from tests.support.prometheus import ALERTS_DIR, require_tool, wait_until
+
+EXAMPLE_CONFIG = ALERTS_DIR / "alertmanager.example.yaml"
 
 
 def amtool(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -35,6 +37,20 @@ def route_receivers(config_path: Path, labels: Mapping[str, str]) -> list[str]:
     )
     assert result.returncode == 0, result.stderr + result.stdout
     return result.stdout.strip().split(",")
+
+
+def example_config(webhook_url: str, token_file: Path, wait: str = "100ms") -> dict[str, Any]:
+    """alerts/alertmanager.example.yaml pointed at ``webhook_url`` (the operator's POST
+    /alertmanager, or a test receiver) with the bearer token in ``token_file``, and its group
+    waits shortened to ``wait`` so a test sees notifications at once. Routing is unchanged."""
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    for route in [config["route"], *config["route"]["routes"]]:
+        route.update(group_wait=wait, group_interval=wait)
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "media-operator"]
+    (webhook,) = receiver["webhook_configs"]
+    webhook["url"] = webhook_url
+    webhook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+    return config
 
 
 @dataclass

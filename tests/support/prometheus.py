@@ -153,6 +153,12 @@ class PrometheusServer:
                 self.proc.wait(timeout=timeout)
 
 
+def static_job(job_name: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A scrape job for one target; ``labels`` stand in for what Kubernetes discovery adds
+    (``namespace``, ``pod``), which the alert routing groups by."""
+    return {"job_name": job_name, "static_configs": [{"targets": [address], "labels": dict(labels or {})}]}
+
+
 def prometheus_config(
     scrape_configs: Sequence[dict[str, Any]],
     rule_paths: Sequence[Path] = (),
@@ -161,8 +167,9 @@ def prometheus_config(
     evaluation_interval: str = "1s",
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
+        # A scrape may take the whole interval, never more (Prometheus refuses timeout > interval).
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval,
-                   "scrape_timeout": "1s" if scrape_interval == "1s" else "10s"},
+                   "scrape_timeout": scrape_interval},
         "rule_files": [str(p) for p in rule_paths],
         "scrape_configs": list(scrape_configs),
     }
