@@ -2,7 +2,9 @@
 
 The browser is Debian's chromium, driven by Playwright (no browser download: ``executable_path``).
 Chromium's fake camera and microphone feed the page; the service answers with 127.0.0.1 candidates
-only, and the test checks that the pair ICE selected really runs over loopback.
+only, and the test checks that the pair ICE selected ends at 127.0.0.1 and starts at an address of
+this host (Chromium ranks its loopback candidate last, so it may send from eth0's address; the
+packets still never leave the machine).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ CHROMIUM_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     "--allow-loopback-in-peer-connection",
+    # Chromium keeps the last --disable-features: this one replaces Playwright's own list, none of
+    # which matters to a page on loopback HTTP.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--disable-quic",
     "--no-first-run",
