@@ -124,17 +124,12 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
             await poll_metric(media, "media_ws_clients", lambda v: v == HEALTHY + NON_READERS + 1, 20)
             assert await metric(media, "media_ws_send_timeouts_total") == 0
 
-            started = time.monotonic()
-            dropped_at: float | None = None
             for seq in range(MESSAGES):
                 await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": PAD}}))
                 if seq % WINDOW == WINDOW - 1:
                     await poll(lambda: min(map(len, seqs)) > seq - WINDOW, 30, f"healthy clients reach {seq}")
-                    if dropped_at is None and await metric(media, "media_ws_send_timeouts_total") == NON_READERS:
-                        dropped_at = time.monotonic()
             await poll(lambda: all(len(s) == MESSAGES for s in seqs), 30, "healthy clients get everything")
             await poll_metric(media, "media_ws_send_timeouts_total", lambda v: v >= NON_READERS, 30)
-            dropped_at = dropped_at or time.monotonic()
 
             for s in seqs:
                 assert s == list(range(MESSAGES))
@@ -150,7 +145,6 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
             # after the data the client never read; if it could not be written, the server aborts.
             codes = await asyncio.gather(*(n.read_to_end(timeout=30) for n in non_readers))
             assert all(code in (None, 1013) for code in codes), codes
-            print(f"non-readers dropped {dropped_at - started:.2f}s after the first message; close codes {codes}")
         finally:
             for n in non_readers:
                 n.sock.close()
