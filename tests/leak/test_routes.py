@@ -59,3 +59,15 @@ async def test_bad_leak_requests_get_400_and_start_nothing(detector: LeakDetecto
     assert response.status_code == 400
     assert response.json()["error"]
     assert detector.faults.active == 0
+
+
+async def test_an_orphaned_drill_shows_as_orphans(detector: LeakDetector) -> None:
+    async with client(detector, fault_injection=True) as http:
+        started = await http.post("/debug/leak", params={"tasks": "12", "orphaned": "1"})
+        assert started.status_code == 200, started.text
+        top = (await http.get("/debug/tasks")).json()["groups"][0]
+        assert (top["coroutine"], top["owner"], top["count"], top["owner_names"]) == (
+            "media_service.leak.faults.injected_leak", "orphaned", 12, ["fault-injection"]
+        )
+        assert (await http.post("/debug/leak", params={"tasks": "1", "orphaned": "maybe"})).status_code == 400
+        assert (await http.delete("/debug/leak")).json() == {"stopped": 12, "active": 0}

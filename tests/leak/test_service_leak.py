@@ -39,6 +39,11 @@ def test_fire_drill_trips_and_clears_the_leak_gauge(tmp_path: Path) -> None:
         assert stopped.json()["stopped"] == leaked
         media.poll_metric("media_potential_goroutine_leak", lambda v: v == 0)
         assert "leak_suspected" in media.log()
+        # The orphan drill: tasks of a long-closed session, what the orphaned-tasks alert watches.
+        assert admin.post("/debug/leak", params={"tasks": "5", "orphaned": "1"}).status_code == 200
+        media.poll_metric("media_asyncio_tasks", lambda v: v == 5, labels={"owner": "closed_session"})
+        assert admin.delete("/debug/leak").json()["stopped"] == 5
+        media.poll_metric("media_asyncio_tasks", lambda v: v == 0, labels={"owner": "closed_session"})
 
 
 def test_the_drill_is_off_by_default(tmp_path: Path) -> None:

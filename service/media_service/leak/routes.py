@@ -1,5 +1,5 @@
 """Admin routes of the leak detector: ``GET /debug/tasks`` and, for fire drills only,
-``POST /debug/leak?tasks=N`` and ``DELETE /debug/leak``."""
+``POST /debug/leak?tasks=N[&orphaned=1]`` and ``DELETE /debug/leak``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from media_service.leak.detector import LeakDetector
-from media_service.leak.faults import parse_task_count
+from media_service.leak.faults import parse_flag, parse_task_count
 
 
 def leak_routes(detector: LeakDetector, *, fault_injection: bool) -> list[Route]:
@@ -18,7 +18,8 @@ def leak_routes(detector: LeakDetector, *, fault_injection: bool) -> list[Route]
     async def start_leak(request: Request) -> JSONResponse:
         try:
             count = parse_task_count(request.query_params.get("tasks"), detector.faults.limit)
-            active = detector.faults.start(count)
+            orphaned = parse_flag(request.query_params.get("orphaned"))
+            active = detector.faults.start(count, orphaned=orphaned)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"started": count, "active": active})
