@@ -7,11 +7,11 @@ from media_service.leak.census import Census, take_census
 from media_service.leak.ownership import Owner, TaskOwnership, owned_by
 
 
-def test_unexplained_leaves_out_live_and_closing_tasks_and_session_threads() -> None:
-    census = Census(live=30, closed=4, orphaned=2, unowned=5, threads=6, session_threads=3)
+def test_unexplained_leaves_out_live_and_closing_tasks_and_load_threads() -> None:
+    census = Census(live=30, closed=4, orphaned=2, unowned=5, threads=9, session_threads=3, pool_threads=2)
     assert census.tasks == 41
-    assert census.total == 47
-    assert census.unexplained == 5 + 2 + 6 - 3
+    assert census.total == 50
+    assert census.unexplained == 5 + 2 + 9 - 3 - 2
 
 
 async def test_census_counts_tasks_by_owner_state(ownership: TaskOwnership) -> None:
@@ -34,9 +34,14 @@ async def test_census_counts_tasks_by_owner_state(ownership: TaskOwnership) -> N
     assert census.session_threads == 0
 
 
-async def test_per_track_decoder_threads_count_as_session_threads(ownership: TaskOwnership) -> None:
+async def test_decoder_and_default_executor_threads_are_load(ownership: TaskOwnership) -> None:
     stop = threading.Event()
-    workers = [threading.Thread(target=stop.wait, name=name) for name in ("audio-decoder", "video-decoder", "other")]
+    loop = asyncio.get_running_loop()
+    # Real default-executor workers, busy until released, so they are alive when counted.
+    started = [loop.run_in_executor(None, stop.wait) for _ in range(2)]
+    before = take_census(ownership, grace=1.0)
+    names = ("audio-decoder", "video-decoder", "other", "asyncio_x")
+    workers = [threading.Thread(target=stop.wait, name=name) for name in names]
     for worker in workers:
         worker.start()
     try:
@@ -45,5 +50,8 @@ async def test_per_track_decoder_threads_count_as_session_threads(ownership: Tas
         stop.set()
         for worker in workers:
             worker.join(timeout=10)
+        await asyncio.gather(*started)
     assert census.session_threads == 2
-    assert census.threads == threading.active_count() + 3
+    assert census.pool_threads == before.pool_threads >= 2  # "asyncio_x" is not a pool worker
+    assert census.threads == before.threads + 4
+    assert census.unexplained == before.unexplained + 2  # "other" and "asyncio_x"

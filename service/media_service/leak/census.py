@@ -7,6 +7,7 @@ decision can leave out what load explains.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from media_service.leak.ownership import OwnerState, TaskOwnership
 #: decision leaves them out; a peer connection that leaks them also leaks its tasks, which count.
 SESSION_THREAD_NAMES = frozenset({"audio-decoder", "video-decoder"})
 
+#: Workers of asyncio's default executor (``run_in_executor(None, ...)``, where aiortc encodes):
+#: started on demand up to ``min(32, cpus + 4)``, so they follow load up to a fixed cap and cannot
+#: pile up. Counting them would flag a busy pod on a large node.
+POOL_THREAD = re.compile(r"asyncio_\d+")
+
 
 @dataclass(frozen=True, slots=True)
 class Census:
@@ -27,6 +33,7 @@ class Census:
     unowned: int  # tasks that belong to no owner
     threads: int  # Python threads, the main thread included
     session_threads: int  # of which per-session media workers (SESSION_THREAD_NAMES)
+    pool_threads: int = 0  # of which default-executor workers (POOL_THREAD)
 
     @property
     def tasks(self) -> int:
@@ -39,9 +46,10 @@ class Census:
 
     @property
     def unexplained(self) -> int:
-        """What load cannot explain: unowned tasks, orphans, and threads that are not per-session
-        workers. Tasks of recently closed owners are left out while they wind down."""
-        return self.unowned + self.orphaned + self.threads - self.session_threads
+        """What load cannot explain: unowned tasks, orphans, and threads that are neither
+        per-session nor pool workers. Tasks of recently closed owners are left out while they
+        wind down."""
+        return self.unowned + self.orphaned + self.threads - self.session_threads - self.pool_threads
 
 
 def take_census(
@@ -68,4 +76,5 @@ def take_census(
         unowned=counts[OwnerState.NONE],
         threads=len(threads),
         session_threads=sum(1 for t in threads if t.name in SESSION_THREAD_NAMES),
+        pool_threads=sum(1 for t in threads if POOL_THREAD.fullmatch(t.name)),
     )
