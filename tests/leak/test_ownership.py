@@ -35,20 +35,20 @@ async def test_tasks_created_in_a_scope_belong_to_its_owner(ownership: TaskOwner
 async def test_descendants_inherit_the_owner_of_the_scope_they_were_started_from(
     ownership: TaskOwnership,
 ) -> None:
-    release = asyncio.Event()
+    release, spawned = asyncio.Event(), asyncio.Event()
     children: list[asyncio.Task[None]] = []
 
     async def spawner() -> None:
         # Started from an owned scope; creates its child later, outside any `with` of its own.
         await asyncio.sleep(0)
         children.append(asyncio.create_task(_park(release)))
+        spawned.set()
         await release.wait()
 
     session = Owner("session:b")
     with owned_by(session):
         parent = asyncio.create_task(spawner())
-    while not children:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(spawned.wait(), 10)
     assert ownership.owner_of(children[0]) is session
     release.set()
     await asyncio.gather(parent, *children)
@@ -69,7 +69,7 @@ async def test_an_explicit_context_decides_the_owner(ownership: TaskOwnership) -
 
 
 async def test_adopt_current_owns_the_handler_task_and_what_it_starts(ownership: TaskOwnership) -> None:
-    release = asyncio.Event()
+    release, spawned = asyncio.Event(), asyncio.Event()
     connection = Owner("ws:1")
     started: list[asyncio.Task[None]] = []
 
@@ -77,11 +77,11 @@ async def test_adopt_current_owns_the_handler_task_and_what_it_starts(ownership:
         # Like a WebSocket endpoint: the server created this task before the app could scope it.
         ownership.adopt_current(connection)
         started.append(asyncio.create_task(_park(release)))
+        spawned.set()
         await release.wait()
 
     task = asyncio.create_task(handler())
-    while not started:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(spawned.wait(), 10)
     assert ownership.owner_of(task) is connection
     assert ownership.owner_of(started[0]) is connection
     assert current_owner() is None  # the adoption stayed inside the handler's context
