@@ -71,7 +71,7 @@ def _choice(*options: str) -> Callable[[str], str]:
             raise ValueError(f"expected one of {', '.join(options)}")
         return raw
 
-    parse.__doc__ = " | ".join(options)
+    parse.__doc__ = "one of " + ", ".join(options)
     return parse
 
 
