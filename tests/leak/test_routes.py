@@ -71,3 +71,17 @@ async def test_an_orphaned_drill_shows_as_orphans(detector: LeakDetector) -> Non
         )
         assert (await http.post("/debug/leak", params={"tasks": "1", "orphaned": "maybe"})).status_code == 400
         assert (await http.delete("/debug/leak")).json() == {"stopped": 12, "active": 0}
+
+
+async def test_debug_tasks_as_text_lists_groups_largest_first(detector: LeakDetector) -> None:
+    detector.faults.start(7)
+    async with client(detector, fault_injection=False) as http:
+        text = (await http.get("/debug/tasks", params={"format": "text"})).text
+        bad = await http.get("/debug/tasks", params={"format": "xml"})
+    lines = text.splitlines()
+    assert lines[0].endswith("threads") and "tasks" in lines[0]
+    groups = [line for line in lines if " × " in line and not line.startswith(" ")]
+    assert groups[0].startswith("7 × ") and "injected_leak [none]" in groups[0]
+    first_stack = lines[lines.index(groups[0]) + 1]
+    assert first_stack.startswith("    ") and "injected_leak" in first_stack
+    assert bad.status_code == 400

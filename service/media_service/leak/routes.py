@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from media_service.leak.detector import LeakDetector
 from media_service.leak.faults import parse_flag, parse_task_count
+from media_service.leak.taskdump import dump_text
 
 
 def leak_routes(detector: LeakDetector, *, fault_injection: bool) -> list[Route]:
-    async def debug_tasks(request: Request) -> JSONResponse:
+    async def debug_tasks(request: Request) -> Response:
+        fmt = request.query_params.get("format", "json")
+        if fmt == "text":
+            return PlainTextResponse(dump_text(detector.dump()))
+        if fmt != "json":
+            return JSONResponse({"error": "format is json or text"}, status_code=400)
         return JSONResponse(detector.dump())
 
     async def start_leak(request: Request) -> JSONResponse:

@@ -124,3 +124,17 @@ def task_dump(
             for name, count in sorted(thread_groups.items(), key=lambda item: (-item[1], item[0]))
         ],
     }
+
+
+def dump_text(dump: dict[str, Any]) -> str:
+    """The dump for a terminal, like Go's goroutine profile: count, coroutine and owner state per
+    group, largest first, each with its sample stack indented below."""
+    lines = [f"{dump['tasks']} tasks, {dump['threads']} threads", ""]
+    for group in dump["groups"]:
+        owners = f" ({group['owners']} owners)" if group["owners"] else ""
+        lines.append(f"{group['count']} × {group['coroutine']} [{group['owner']}]{owners}")
+        lines.extend(f"    {frame}" for frame in group["stack"])
+        lines.append("")
+    lines.append("threads:")
+    lines.extend(f"{t['count']} × {t['name']}" for t in dump["thread_groups"])
+    return "\n".join(lines) + "\n"
