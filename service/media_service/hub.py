@@ -8,7 +8,7 @@ A client that cannot keep up is dropped instead of slowing anyone down:
 
 * each websocket send is bounded by ``send_timeout`` (uvicorn applies real TCP backpressure, so the
   send of a client that stops reading blocks). One hub-wide watchdog timer enforces it: a timer per
-  send would cost more than the send itself, and almost every send completes without waiting;
+  send would more than double the hub's cost per message, and almost every send completes at once;
 * a queue holds at most ``buffer`` messages. A message that finds it full waits behind it, like a
   sender blocked on a full channel, but without a task: one timer per client is armed when the queue
   overflows and cancelled once the writer has taken the waiting messages in. If it fires, the client
