@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
@@ -106,6 +107,23 @@ async def metric(media: MediaProcess, name: str) -> float | None:
     return await asyncio.to_thread(media.metric, name)
 
 
+def server_tasks(media: MediaProcess, coroutine: str) -> int:
+    """Live tasks of the service whose coroutine name contains ``coroutine`` (from /debug/tasks)."""
+    dump = httpx.get(f"{media.admin_url}/debug/tasks", timeout=5).json()
+    return sum(group["count"] for group in dump["groups"] if coroutine in group["coroutine"])
+
+
+async def poll_server_tasks(media: MediaProcess, expected: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = {name: await asyncio.to_thread(server_tasks, media, name) for name in expected}
+        if counts == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"service tasks {counts}, expected {expected}")
+        await asyncio.sleep(0.1)
+
+
 async def poll_metric(media: MediaProcess, name: str, predicate, timeout: float) -> float:
     return await asyncio.to_thread(media.poll_metric, name, predicate, timeout)
 
@@ -145,6 +163,9 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
             # after the data the client never read; if it could not be written, the server aborts.
             codes = await asyncio.gather(*(n.read_to_end(timeout=30) for n in non_readers))
             assert all(code in (None, 1013) for code in codes), codes
+            # Nothing of theirs is left in the service: writers and connection handlers are gone.
+            connected = HEALTHY + 1
+            await poll_server_tasks(media, {"Hub._write": connected, "websockets_sansio_impl": connected}, 20)
         finally:
             for n in non_readers:
                 n.sock.close()
@@ -152,3 +173,4 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
             outcomes = await asyncio.gather(*readers, return_exceptions=True)
         assert all(outcome is None for outcome in outcomes), outcomes
         await poll_metric(media, "media_ws_clients", lambda v: v == 0, 20)
+        await poll_server_tasks(media, {"Hub._write": 0, "websockets_sansio_impl": 0}, 20)
