@@ -22,16 +22,28 @@ CHANGED = {
                  "alertNames": ["MediaServiceGoroutineLeak", "MediaServiceOrphanedTasks"]},
 }
 
+# The largest values the schema allows: YAML numbers reach helm as float64, and a naive template
+# prints 16777216 as "1.6777216e+07", which the service's integer parser refuses.
+LIMITS = {
+    "config": {"wsMaxMessageBytes": 16777216, "whipMaxBodyBytes": 16777216, "maxSessions": 100000,
+               "wsSendBuffer": 100000, "leakBaselineSamples": 100000, "drainSeconds": 86400,
+               "maxIceCandidates": 10000},
+    "operator": {"evictAfterSeconds": 31536000, "deleteGraceSeconds": 86400000, "scrapeConcurrency": 10000000},
+}
+VARIANTS = {"default": None, "all-on": ALL_ON, "changed": CHANGED, "limits": LIMITS}
+
 
 def plain_env(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c["env"] if "value" in e}
 
 
-@pytest.mark.parametrize("values", [None, ALL_ON, CHANGED], ids=["default", "all-on", "changed"])
-def test_service_loads_the_rendered_settings(values: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_service_loads_the_rendered_settings(variant: str) -> None:
     from media_service import config
 
+    values = VARIANTS[variant]
     env = plain_env(container(one(render(values), "Deployment", "media")))
+    assert [v for v in env.values() if "e+" in v] == []
     known = {f.metadata["env"] for f in dataclasses.fields(config.Settings)}
     assert set(env) - known == set(), f"the service does not know {set(env) - known}"
     settings = config.load([], env)
@@ -41,14 +53,18 @@ def test_service_loads_the_rendered_settings(values: dict[str, Any] | None) -> N
         assert (settings.port, settings.admin_bind_host, settings.fault_injection) == (8443, "127.0.0.1", True)
         assert settings.ice_servers == ({"urls": ["stun:stun.example.org:3478"]},)
         assert settings.ice_host_addresses == ("10.0.0.7",)
+    if values is LIMITS:
+        assert (settings.ws_max_message_bytes, settings.max_sessions) == (16777216, 100000)
 
 
-@pytest.mark.parametrize("values", [None, ALL_ON, CHANGED], ids=["default", "all-on", "changed"])
-def test_operator_loads_the_rendered_settings(values: dict[str, Any] | None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_operator_loads_the_rendered_settings(variant: str, tmp_path: Path) -> None:
     from media_operator import settings as operator_settings
 
+    values = VARIANTS[variant]
     docs = render(values)
     env = plain_env(container(one(docs, "Deployment", "operator")))
+    assert [v for v in env.values() if "e+" in v] == []
     known = {option.env for option in operator_settings.OPTIONS}
     assert set(env) - known == set(), f"the operator does not know {set(env) - known}"
     # The token file is the generated Secret's key, mounted where the variable says.
@@ -66,3 +82,5 @@ def test_operator_loads_the_rendered_settings(values: dict[str, Any] | None, tmp
         assert str(loaded.max_quarantined) == "10%" and loaded.dry_run is True
         assert loaded.namespaces == ("a", "b")
         assert loaded.alert_names == ("MediaServiceGoroutineLeak", "MediaServiceOrphanedTasks")
+    if values is LIMITS:
+        assert (loaded.scrape_concurrency, loaded.evict_after_seconds) == (10000000, 31536000)

@@ -110,3 +110,13 @@ true
 {{- define "media-service.terminationGracePeriodSeconds" -}}
 {{- add (ceil .Values.config.drainSeconds | int) .Values.terminationGraceMarginSeconds -}}
 {{- end -}}
+
+{{/* A number as the service's parsers read it: YAML numbers reach templates as float64, and
+Go prints 16777216.0 as "1.6777216e+07"; whole numbers are printed as integers. */}}
+{{- define "media-service.num" -}}
+{{- if eq (float64 .) (floor .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
