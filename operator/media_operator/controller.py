@@ -84,6 +84,7 @@ class Controller:
 
     async def round(self) -> None:
         started = time.monotonic()
+        now = self.clock()
         pods = self.store.snapshot()
         self.metrics.pods_watched.set(len(pods))
         scraped = await self.pods.scrape_all((p.key, p.ip) for p in pods if not p.terminating)
@@ -91,7 +92,9 @@ class Controller:
             self.metrics.scrapes.labels(result.result).inc()
         readings = {key: s.reading for key, s in scraped.items()}
 
-        decision = self.decider.decide(self.clock(), pods, readings)
+        # The round's start time, not the decision's: rounds start every interval, so a gauge seen
+        # in N consecutive rounds has been up N-1 intervals, whatever each scrape took.
+        decision = self.decider.decide(now, pods, readings)
         self.metrics.storm.set(1 if decision.storm else 0)
         if decision.storm != self._storm:
             self._storm = decision.storm
@@ -106,6 +109,7 @@ class Controller:
             await self._carry_out(by_key[action.key], action, readings.get(action.key))
         elapsed = time.monotonic() - started
         self.last_round = RoundStats(len(pods), elapsed, time.monotonic())
+        self.metrics.round_seconds.set(elapsed)
         log.debug("round done", pods=len(pods), seconds=round(elapsed, 3), actions=len(decision.actions))
 
     async def _record_block(self, pod: PodView, blocked: Blocked) -> None:

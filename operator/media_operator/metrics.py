@@ -28,6 +28,9 @@ class OperatorMetrics:
         self.evictions = Counter("media_operator_evictions", "Eviction attempts of quarantined pods, by result",
                                  ["result"], registry=r)
         self.storm = Gauge("media_operator_storm", "1 while the storm guard holds every quarantine", registry=r)
+        # Beyond the contract: a round close to the scrape interval means the fleet outgrew the settings.
+        self.round_seconds = Gauge("media_operator_round_duration_seconds",
+                                   "Duration of the last scrape-and-decide round", registry=r)
         # Pre-create every label value so that rate() and absent() work from the first scrape.
         for result in SCRAPE_RESULTS:
             self.scrapes.labels(result)

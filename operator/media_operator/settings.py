@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,18 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    """Exact names only: globs would need namespace scanning (a cluster-wide list permission)."""
+    names = _csv(text)
+    for name in names:
+        if not _DNS_LABEL.fullmatch(name):
+            raise ValueError(f"{name!r} is not a namespace name (globs are not supported)")
+    return names
+
+
 def _log_format(text: str) -> str:
     if text not in {"json", "text"}:
         raise ValueError("must be json or text")
@@ -173,7 +186,7 @@ def _default_log_format() -> str:
 
 
 OPTIONS: tuple[_Option, ...] = (
-    _Option("namespaces", _csv, "", "comma-separated namespaces to watch; empty = cluster-wide"),
+    _Option("namespaces", _namespaces, "", "comma-separated namespaces to watch; empty = cluster-wide"),
     _Option("selector", parse_selector, DEFAULT_SELECTOR, "label selector of media pods (key=value,...)"),
     _Option("pod_admin_port", _port, "9090", "media pods' admin port (/metrics, /debug/tasks, /admin/drain)"),
     _Option("scrape_interval", _positive(float), "15", "seconds between scrape-and-decide rounds"),

@@ -160,7 +160,7 @@ async def start_fleet(tmp_path: Path, count: int, spare: int = 0) -> tuple[list[
     env = {"MEDIA_FAULT_INJECTION": "1", **FAST_LEAK_ENV,
            "MEDIA_ADMIN_PORT": str(admin_port), "MEDIA_PORT": str(public_port)}
     started = await asyncio.gather(
-        *(asyncio.to_thread(_start_media, tmp_path, host, public_port, admin_port, env) for host in hosts),
+        *(asyncio.to_thread(start_media, tmp_path, host, public_port, admin_port, env) for host in hosts),
         return_exceptions=True)
     fleet = [m for m in started if isinstance(m, MediaProcess)]
     errors = [e for e in started if isinstance(e, BaseException)]
@@ -170,7 +170,7 @@ async def start_fleet(tmp_path: Path, count: int, spare: int = 0) -> tuple[list[
     return fleet, admin_port
 
 
-def _start_media(tmp_path: Path, host: str, port: int, admin_port: int, env: dict[str, str]) -> MediaProcess:
+def start_media(tmp_path: Path, host: str, port: int, admin_port: int, env: dict[str, str]) -> MediaProcess:
     """``python -m media_service`` on fixed ports (``start_media_service`` picks its own per host,
     and the MediaProcess it returns does not follow ports overridden through ``env``)."""
     full_env = {

@@ -9,7 +9,9 @@ import httpx
 from aiohttp import web
 
 from tests.operator.emulator import eventually
-from tests.operator.harness import FAST_OPERATOR_ENV, end_leak, fleet_hosts, inject_leak, stop_operator
+from tests.operator.harness import FAST_OPERATOR_ENV, end_leak, fleet_hosts, inject_leak, start_media, stop_operator
+from tests.support.media_process import stop_media_service
+from tests.support.peers import SignalingClient, open_session
 
 
 async def test_injected_leak_is_quarantined_drained_and_evicted(k8s, fleet, operator):
@@ -217,3 +219,38 @@ def notification(pod: str, fingerprint: str, status: str = "firing", name: str =
                     "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint}],
     }
+
+
+async def test_quarantined_pod_keeps_its_session_and_is_evicted_when_it_ends(k8s, fleet, operator, tmp_path):
+    media, port = await fleet(3)
+    names = [await k8s.add_pod(m.host) for m in media]
+    client = await SignalingClient.connect(media[0].ws_url)
+    peer = await open_session(client)
+    try:
+        await asyncio.to_thread(media[0].poll_metric, "media_sessions_active", lambda v: v == 1, 20.0)
+        op = await operator(port, pods=3)
+        await inject_leak(media[0])
+        await eventually(lambda: k8s.patches(names[0]), timeout=30, what="quarantine")
+        await op.rounds(4, pods=3)
+        assert k8s.eviction_attempts == []  # one session left: it is not cut off
+        assert await peer.echo("still here") == "still here"
+    finally:
+        await peer.close()
+        await client.close()
+    # The drained process exits once its last session is gone; if it did before the operator read
+    # 0 sessions, the kubelet would restart the container: so does the test.
+    await eventually(lambda: k8s.pod(names[0]) is None or media[0].proc.poll() is not None,
+                     timeout=30, what="eviction or the drained process's exit")
+    restarted = None
+    if k8s.pod(names[0]) is not None:
+        restarted = await asyncio.to_thread(start_media, tmp_path, media[0].host, media[0].port, port,
+                                            media[0].env)
+    try:
+        await eventually(lambda: k8s.pod(names[0]) is None, timeout=30, what="evicted once the session ended")
+        assert [(pod, status) for _, pod, status in k8s.eviction_attempts] == [(names[0], 201)]
+        (event,) = await eventually(lambda: k8s.events(names[0], "QuarantineEvicted"), timeout=10,
+                                    what="QuarantineEvicted event")
+        assert event["message"] == "Evicted from quarantine: no sessions left"
+    finally:
+        if restarted is not None:
+            await asyncio.to_thread(stop_media_service, restarted)

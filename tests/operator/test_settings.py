@@ -53,6 +53,7 @@ def test_token_file_wins(tmp_path):
     ("MEDIA_OPERATOR_DRY_RUN", "maybe"),
     ("MEDIA_OPERATOR_SELECTOR", "app!=x"),
     ("MEDIA_OPERATOR_LOG_FORMAT", "xml"),
+    ("MEDIA_OPERATOR_NAMESPACES", "media-*"),
 ])
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
