@@ -237,7 +237,14 @@ class ServiceTarget(Target):
                 if sample.name in wanted:
                     key = sample.name + "".join(f"{{{k}={v}}}" for k, v in sample.labels.items())
                     out[key] = sample.value
+        out["debug_tasks_live"] = await self.task_count()
         return out
+
+    async def task_count(self) -> int | None:
+        """Live asyncio tasks from /debug/tasks (the leak gauges lag by up to one sample interval)."""
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            return int((await self._stats_http.get("/debug/tasks")).json()["tasks"])
+        return None
 
     async def scrape_ms(self) -> float:
         start = time.perf_counter()
@@ -588,6 +595,15 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
             })
     finally:
         await close_all(target, sessions)
+    # Decoder and encoder threads are per track: they should end with their sessions.
+    closed_at, threads_back = time.monotonic(), None
+    while time.monotonic() - closed_at < plan.residue_window_s:
+        if proc_sample(target.pid).threads <= a.threads:
+            threads_back = round(time.monotonic() - closed_at, 2)
+            break
+        await asyncio.sleep(0.1)
+    out["threads_after_close"] = {"idle": a.threads, "after": proc_sample(target.pid).threads,
+                                  "seconds_to_idle": threads_back}
     return out
 
 
