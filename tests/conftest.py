@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -51,14 +50,3 @@ async def no_leaks() -> AsyncIterator[None]:
             names = sorted(t.get_coro().__qualname__ for t in tasks)
             pytest.fail(f"leaked: tasks {names}, threads {threads_before}->{threads} {[t.name for t in threading.enumerate()]}, fds {fds_before}->{fds}")
         await asyncio.sleep(0.05)
-
-
-def require_tool(name: str, install: str = "make tools") -> str:
-    """Path of a tool the test drives; missing fails in CI and skips elsewhere, saying how to get it."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (install it with: {install})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path

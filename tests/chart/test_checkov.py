@@ -6,22 +6,20 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.chart.render import ALL_ON, CHART, template
-from tests.support.prometheus import require_tool
+from tests.support.tools import require_tool
 
 SKIPS_BEGIN = "<!-- checkov-skips:begin -->"
 SKIPS_END = "<!-- checkov-skips:end -->"
 
 
 def checkov() -> str:
-    beside_python = Path(sys.executable).parent / "checkov"
-    return str(beside_python) if beside_python.is_file() else require_tool("checkov")
+    return require_tool("checkov")
 
 
 def readme_skips() -> dict[str, str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_tool
 from tests.support.media_process import MediaProcess, media_service
+from tests.support.tools import require_tool
 
 try:
     from playwright.sync_api import BrowserContext, Page, sync_playwright
@@ -69,7 +69,7 @@ def chromium_processes(profile: Path) -> list[int]:
 
 @pytest.fixture
 def browser() -> Iterator[BrowserContext]:
-    chromium = require_tool("chromium", "apt-get install chromium")
+    chromium = require_tool("chromium", install="apt-get install chromium")
     if sync_playwright is None:
         message = "playwright is not installed (install it with: pip install -e '.[dev]')"
         if os.environ.get("CI"):

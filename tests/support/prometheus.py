@@ -9,8 +9,6 @@ evaluation interval, so a test sees an alert fire in seconds from the very rules
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,32 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_DIR = REPO / "alerts"
 TOOLS_BIN = REPO / ".tools" / "bin"
 
 T = TypeVar("T")
-
-
-def require_tool(*names: str) -> str:
-    """Path of the first of ``names`` found on PATH or in .tools/bin.
-
-    Missing in CI (CI=true) is a failure: a green run must have run every test. On a developer's
-    machine the test is skipped with the way to install the tool.
-    """
-    for name in names:
-        found = shutil.which(name) or (str(TOOLS_BIN / name) if (TOOLS_BIN / name).is_file() else None)
-        if found:
-            return found
-    message = f"{' or '.join(names)} not found on PATH or in .tools/bin; install it with `make tools`"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:

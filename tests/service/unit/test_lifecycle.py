@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from media_service.lifecycle import Lifecycle, State
 from media_service.metrics import ServiceMetrics
 from media_service.ratelimit import TokenBucket
