@@ -30,6 +30,7 @@ import os
 import resource
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -53,45 +54,81 @@ FILL_MESSAGES = 4
 FILL_PAD = "f" * 60_000  # under the service's 64 KiB message limit; 4 of them > 0.15 MiB
 
 
-class Healthy(asyncio.Protocol):
-    """A reading client: the websockets protocol driven straight from ``data_received``.
+# Linux: the kernel stamps each received segment (CLOCK_REALTIME) when this option is on.
+SO_TIMESTAMPNS = 35
 
-    No task and no queue per connection, so that 900 of them in one process measure the server,
-    not the benchmark's own scheduling; the receive time is taken as the bytes arrive.
+
+class Healthy:
+    """A reading client: the websockets protocol fed from ``recvmsg`` in a reader callback.
+
+    Latency is taken from the kernel's receive timestamp, not from when this process gets round to
+    the frame: one process reads all 900 healthy clients in turn, and its own queueing would
+    otherwise be counted as the service's. No task and no queue per connection.
     """
 
-    def __init__(self, url: str, sent_at: dict[int, float]) -> None:
+    def __init__(self, sock: socket.socket, url: str, sent_at: dict[int, int]) -> None:
+        self.sock = sock
         self.protocol = ClientProtocol(parse_uri(url), max_size=None)
         self.sent_at = sent_at
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
-        self.lost: asyncio.Future[int | None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
         self.latencies: list[float] = []
         self.seen = 0  # messages received, fill included
         self.out_of_order = 0
         self.last = -1
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.protocol.send_request(self.protocol.connect())
-        self.flush()
+    @classmethod
+    async def open(cls, ws_url: str, device: str, sent_at: dict[int, int]) -> Healthy:
+        parts = urlsplit(ws_url)
+        assert parts.hostname is not None and parts.port is not None
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (parts.hostname, parts.port))
+            client = cls(sock, f"{ws_url}?user=room&device={device}", sent_at)
+            client.protocol.send_request(client.protocol.connect())
+            client.flush()
+            loop.add_reader(sock.fileno(), client.on_readable)
+            await asyncio.wait_for(asyncio.shield(client.opened), 10)
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                loop.remove_reader(sock.fileno())
+            sock.close()
+            raise
+        return client
 
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
-        self.protocol.receive_data(data)
+    def on_readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(1 << 16, 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, ancillary = b"", []
+        arrived = time.time_ns()
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = struct.unpack("qq", raw[:16])
+                arrived = seconds * 1_000_000_000 + nanoseconds
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
         for event in self.protocol.events_received():
-            if isinstance(event, Response):
+            if isinstance(event, Response) and not self.opened.done():
                 if self.protocol.handshake_exc is not None:
                     self.opened.set_exception(self.protocol.handshake_exc)
                 else:
                     self.opened.set_result(None)
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self.on_message(json.loads(event.data), now)
+                self.on_message(json.loads(event.data), arrived)
         self.flush()  # pongs and the closing handshake
+        if not data:
+            self.end()
 
-    def on_message(self, message: dict, now: float) -> None:
+    def on_message(self, message: dict, arrived_ns: int) -> None:
         self.seen += 1
         data = message.get("data")
         if not isinstance(data, dict) or "seq" not in data:
@@ -100,49 +137,36 @@ class Healthy(asyncio.Protocol):
         if seq != self.last + 1:
             self.out_of_order += 1
         self.last = seq
-        self.latencies.append(now - self.sent_at[seq])
+        self.latencies.append((arrived_ns - self.sent_at[seq]) / 1e9)
 
-    def eof_received(self) -> bool | None:
-        self.protocol.receive_eof()
-        self.flush()
-        return None
+    def flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            with contextlib.suppress(OSError):  # a control frame to a peer that is gone
+                if chunk:
+                    self.sock.send(chunk)
+                else:
+                    self.sock.shutdown(socket.SHUT_WR)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def end(self) -> None:
+        with contextlib.suppress(ValueError):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
         if not self.opened.done():
             self.opened.set_exception(ConnectionError("closed during the handshake"))
         if not self.lost.done():
-            self.lost.set_result(self.protocol.close_code)
-
-    def flush(self) -> None:
-        assert self.transport is not None
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
-            elif self.transport.can_write_eof():
-                self.transport.write_eof()
+            self.lost.set_result(None)
 
     @property
     def closed_by_server(self) -> bool:
         return self.lost.done() or self.protocol.close_rcvd is not None
 
     async def close(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.protocol.send_close(1000)
-        self.flush()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.lost), 5)
-        except TimeoutError:
-            self.transport.abort()
-
-
-async def open_healthy(ws_url: str, device: str, sent_at: dict[int, float]) -> Healthy:
-    parts = urlsplit(ws_url)
-    url = f"{ws_url}?user=room&device={device}"
-    _, client = await asyncio.get_running_loop().create_connection(
-        lambda: Healthy(url, sent_at), parts.hostname, parts.port)
-    await asyncio.wait_for(client.opened, 10)
-    return client
+        if not self.lost.done():
+            self.protocol.send_close(1000)
+            self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), 5)
+            self.end()
+        self.sock.close()
 
 
 @dataclass
@@ -251,7 +275,7 @@ def raise_fd_limit(needed: int) -> tuple[int, int]:
 async def run(args: argparse.Namespace) -> dict:
     n_slow = args.clients * args.non_reader_percent // 100
     n_healthy = args.clients - n_slow
-    sent_at: dict[int, float] = {}
+    sent_at: dict[int, int] = {}  # seq → wall clock in ns, to compare with the kernel's stamps
     async with service(args) as target:
         sender = await connect(f"{target.ws_url}?user=bench&device=sender")
         healthy: list[Healthy] = []
@@ -261,7 +285,7 @@ async def run(args: argparse.Namespace) -> dict:
             # sockets fill, and their sends block, right after the sender's fill messages.
             slow = list(await asyncio.gather(*(open_non_reader(target.ws_url, f"n{i}") for i in range(n_slow))))
             for start in range(0, n_healthy, 50):
-                healthy += await asyncio.gather(*(open_healthy(target.ws_url, f"h{i}", sent_at)
+                healthy += await asyncio.gather(*(Healthy.open(target.ws_url, f"h{i}", sent_at)
                                                   for i in range(start, min(start + 50, n_healthy))))
             clients_gauge = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
             timeouts_before = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
@@ -282,7 +306,7 @@ async def run(args: argparse.Namespace) -> dict:
             counter_at: float | None = None
             for seq in range(args.messages):
                 await asyncio.sleep(max(0.0, started + seq * interval - time.perf_counter()))
-                sent_at[seq] = time.perf_counter()
+                sent_at[seq] = time.time_ns()
                 await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": "p" * args.size}}))
                 if counter_at is None and seq % args.rate == 0:
                     dropped = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
@@ -313,6 +337,14 @@ async def run(args: argparse.Namespace) -> dict:
                 "steady_cpu_share": {
                     "benchmark": round(cpu_bench / wall, 2),
                     "service": round(cpu_server / wall, 2) if cpu_server is not None else None,
+                },
+                # CPU per delivered message: the service's share times the healthy clients is what one
+                # fan-out costs it; the benchmark's share is added to every latency below, since one
+                # process reads all the healthy clients' frames in turn.
+                "cpu_us_per_delivery": {
+                    "benchmark": round(1e6 * cpu_bench / max(1, n_healthy * args.messages), 1),
+                    "service": round(1e6 * cpu_server / max(1, n_healthy * args.messages), 1)
+                    if cpu_server is not None else None,
                 },
                 "deliveries": len(latencies),
                 "deliveries_expected": n_healthy * args.messages,
