@@ -3,7 +3,8 @@
 1,000 WebSocket clients are devices of one user; a tenth never read after the handshake. A sender
 relays messages to that user at a steady rate, and the benchmark reports:
 
-- delivery latency to the healthy clients (sender's send → client's receive, one process, one clock);
+- delivery latency to the healthy clients: from the sender's send to the kernel's receive timestamp
+  on the client's socket (same host, same clock);
 - for each non-reader, how long after its socket stopped taking data the server dropped it;
 - whether any healthy client was dropped.
 
