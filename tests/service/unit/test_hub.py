@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-
 from media_service.hub import CLOSE_SLOW_CLIENT, Client, DropReason, Hub
 from media_service.metrics import ServiceMetrics
 
@@ -77,7 +76,8 @@ def metrics() -> ServiceMetrics:
 
 
 @pytest.fixture
-async def make_hub(metrics: ServiceMetrics) -> AsyncIterator[Callable[..., Hub]]:
+async def make_hub(metrics: ServiceMetrics, no_leaks: None) -> AsyncIterator[Callable[..., Hub]]:
+    """Hubs that are closed after the test; then no task of any kind may be left (``no_leaks``)."""
     hubs: list[Hub] = []
 
     def make(**kwargs) -> Hub:
