@@ -20,10 +20,11 @@ class Unparseable(ValueError):
 def parse_reading(text: str) -> Reading:
     """The leak gauge (must be present and 0 or 1) and the session count (optional).
 
-    Only the lines of the two wanted metrics go through the parser: a pod's exposition is a few
-    kilobytes of which the operator needs two samples, and a round covers every pod of the fleet.
+    Only the lines of the wanted metrics go through the parser: a pod's exposition is a few
+    kilobytes of which the operator needs a handful of samples, for every pod in every round.
     """
-    lines = [line for line in text.splitlines() if any(name in line for name in _WANTED)]
+    # Sample lines only (no HELP/TYPE): a third of the parser's time, and the values are the same.
+    lines = [line for line in text.splitlines() if line.startswith(_WANTED)]
     values: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families("\n".join(lines) + "\n"):

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             option.flag,
             dest=option.name,
-            metavar=option.name.split("_")[-1].upper(),
+            metavar="BOOL" if option.convert is parse_bool else option.name.split("_")[-1].upper(),
             default=None,  # resolved in load(): the environment must not leak into --help (the token)
             help=f"{option.help} [env {option.env}; default {option.default or 'none'!r}]",
         )
