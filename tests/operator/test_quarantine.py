@@ -254,3 +254,15 @@ async def test_quarantined_pod_keeps_its_session_and_is_evicted_when_it_ends(k8s
     finally:
         if restarted is not None:
             await asyncio.to_thread(stop_media_service, restarted)
+
+
+async def test_cluster_wide_operator_sees_every_namespace(k8s, fleet, operator):
+    media, port = await fleet(3)
+    names = [await k8s.add_pod(media[0].host, namespace="team-a", name="a-0"),
+             await k8s.add_pod(media[1].host, name="media-b"),
+             await k8s.add_pod(media[2].host, namespace="team-c", name="c-0")]
+    op = await operator(port, {"MEDIA_OPERATOR_NAMESPACES": ""}, pods=3)
+    await inject_leak(media[0])
+    await eventually(lambda: k8s.pod(names[0], "team-a") is None, timeout=30, what="evicted in team-a")
+    assert await op.metric("media_operator_quarantines_total", source="scrape") == 1
+    assert k8s.patches(names[1]) == [] and k8s.patches(names[2]) == []

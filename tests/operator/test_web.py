@@ -1,0 +1,63 @@
+"""The operator's HTTP server on its own: metric names (a contract with the alert rules), health."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from media_operator.alerts import AlertTriage
+from media_operator.controller import Controller, RoundStats
+from media_operator.decisions import Decider, Rules
+from media_operator.metrics import OperatorMetrics
+from media_operator.podclient import PodClient
+from media_operator.podstore import PodStore
+from media_operator.settings import Settings
+from media_operator.web import build_app
+
+CONTRACT = {
+    ("media_operator_pods_watched", ()),
+    ("media_operator_storm", ()),
+    *{("media_operator_scrapes_total", (("result", r),)) for r in ("ok", "error", "unparseable")},
+    *{("media_operator_quarantines_total", (("source", s),)) for s in ("scrape", "alertmanager")},
+    *{("media_operator_decisions_blocked_total", (("reason", r),))
+      for r in ("budget", "storm", "cooldown", "dry_run", "unreadable", "flapping")},
+    *{("media_operator_evictions_total", (("result", r),)) for r in ("evicted", "retry", "deleted", "error")},
+}
+
+
+async def serve(token: str | None = None) -> tuple[TestClient, Controller]:
+    settings = Settings(scrape_interval=1, scrape_timeout=1)
+    store = PodStore(settings.selector)
+    controller = Controller(settings, store, Decider(Rules()), PodClient(9090, timeout=1, concurrency=1),
+                            kube=None, metrics=OperatorMetrics())  # type: ignore[arg-type]  # never called here
+    app = build_app(controller, AlertTriage(settings.alert_names), token, lambda key: False)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return client, controller
+
+
+async def test_metrics_carry_every_contract_name_from_the_start():
+    client, _ = await serve()
+    try:
+        response = await client.get("/metrics")
+        assert response.status == 200 and response.content_type == "text/plain"
+        samples = {(s.name, tuple(sorted(s.labels.items())))
+                   for f in text_string_to_metric_families(await response.text()) for s in f.samples}
+        assert CONTRACT <= samples, sorted(CONTRACT - samples)
+        assert (await client.post("/alertmanager", json={})).status == 404  # no token: off
+    finally:
+        await client.close()
+
+
+async def test_healthz_fails_when_rounds_stop():
+    client, controller = await serve(token="t")
+    try:
+        assert (await client.get("/healthz")).status == 200
+        controller.last_round = RoundStats(finished_at=time.monotonic() - 3600)
+        response = await client.get("/healthz")
+        assert response.status == 503 and (await response.json()) == {"status": "control loop stalled"}
+        assert (await client.post("/alertmanager", json={})).status == 401
+    finally:
+        await client.close()
