@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 
 from tests.operator.emulator import eventually
 from tests.operator.test_quarantine import notification
+from tests.support.alertmanager import alert, example_config, start_alertmanager
 
 
 async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
@@ -55,3 +59,36 @@ async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
     assert len(k8s.patches(target)) == 1 and k8s.patches(names[0]) == [] and k8s.patches(names[2]) == []
     assert await op.metric("media_operator_quarantines_total", source="alertmanager") == 1
     assert await op.metric("media_operator_quarantines_total", source="scrape") == 0
+
+
+async def test_real_alertmanager_drives_the_quarantine(k8s, fleet, operator, tmp_path):
+    """The example routing of alerts/ with a real Alertmanager: its v4 payloads, its bearer token."""
+    media, port = await fleet(3)
+    names = [await k8s.add_pod(m.host) for m in media]
+    token_file = tmp_path / "token"
+    token_file.write_text("am-s3cret")
+    op = await operator(port, {"MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": str(token_file),
+                               "MEDIA_OPERATOR_CONFIRM_SECONDS": "3600"}, pods=3)
+    config = example_config(f"{op.url}/alertmanager", token_file)
+    am = await asyncio.to_thread(start_alertmanager, tmp_path / "alertmanager", config)
+    try:
+        labels = {"alertname": "MediaServiceGoroutineLeak", "namespace": "media", "pod": names[2],
+                  "severity": "warning"}
+        await asyncio.to_thread(am.post_alerts, [alert(labels)])
+        await eventually(lambda: k8s.events(names[2], "LeakQuarantined"), timeout=30, what="quarantine by alert")
+        assert await op.metric("media_operator_quarantines_total", source="alertmanager") == 1
+        await asyncio.to_thread(am.post_alerts, [alert(labels, resolved=True)])
+        resolved = f"MediaServiceGoroutineLeak media/{names[2]}: resolved"
+        await eventually(lambda: any(resolved in n.get("ignored", []) for n in _notifications(op.log())),
+                         timeout=30, what="resolved notification received and ignored")
+        assert [n["accepted"] for n in _notifications(op.log()) if n["accepted"]] == [[f"media/{names[2]}"]]
+        await op.rounds(2, pods=3)
+        assert [len(k8s.patches(n)) for n in names] == [0, 0, 1]
+        assert "Notify" not in am.log(), am.log()  # every notification was delivered (2xx)
+    finally:
+        await asyncio.to_thread(am.stop)
+
+
+def _notifications(log: str) -> list[dict]:
+    """What the operator logged of each notification it handled."""
+    return [json.loads(line) for line in log.splitlines() if '"event": "alertmanager notification"' in line]
