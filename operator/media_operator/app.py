@@ -66,8 +66,6 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings.scanning.disabled = True
     # The operator posts its own Events with the pod's uid; kopf must not post per-handler ones.
     settings.posting.enabled = False
-    # Pod watch events come in bursts on rollouts; the store needs each one, not a batch.
-    settings.batching.batch_window = 0.1
     return settings
 
 

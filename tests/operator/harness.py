@@ -108,6 +108,8 @@ async def start_operator(tmp_path: Path, cluster: Cluster, admin_port: int,
         **{k: v for k, v in os.environ.items() if not k.startswith(("MEDIA_OPERATOR_", "KUBERNETES_SERVICE"))},
         **FAST_OPERATOR_ENV,
         "KUBECONFIG": str(kubeconfig),
+        # Warnings are errors in the operator process too (a deprecated kopf knob, an unclosed client).
+        "PYTHONWARNINGS": "error",
         "MEDIA_OPERATOR_NAMESPACES": NAMESPACE,
         "MEDIA_OPERATOR_POD_ADMIN_PORT": str(admin_port),
         "MEDIA_OPERATOR_HTTP_HOST": "127.0.0.1",

@@ -40,7 +40,8 @@ async def test_leak_alert_is_routed_to_the_operator_which_quarantines_the_pod(k8
         prom = await asyncio.to_thread(stack.enter_context, prometheus_server(
             tmp_path / "prom",
             scrape_configs=[static_job("media-service", f"{media.host}:{admin_port}",
-                                       {"namespace": NAMESPACE, "pod": pod})],
+                                       {"namespace": NAMESPACE, "pod": pod}),
+                            static_job("media-operator", op.url.removeprefix("http://"))],
             rule_paths=fast_rules(tmp_path / "rules"),
             alertmanager_urls=[am.url],
         ))
@@ -67,8 +68,10 @@ async def test_leak_alert_is_routed_to_the_operator_which_quarantines_the_pod(k8
         def resolved_seen() -> bool:
             return f"{LEAK} {NAMESPACE}/{pod}: resolved" in (i for n in notifications(op.log()) for i in n["ignored"])
 
+        # The operator handles a notification before it answers Alertmanager: once it is logged,
+        # whatever it would change has been changed.
         await eventually(resolved_seen, timeout=120, what="the resolved notification at the operator")
-        await op.rounds(3, pods=1)
         assert len(k8s.patches(pod)) == 1 and len(k8s.events(pod, "LeakQuarantined")) == 1
         assert await op.metric("media_operator_quarantines_total", source="alertmanager") == 1
-        assert {a["labels"]["alertname"] for a in prom.alerts(state="firing")} <= {"MediaServiceNotReady"}
+        assert LEAK not in {a["labels"]["alertname"] for a in prom.alerts(state="firing")}
+        assert not [a for a in prom.alerts(state="firing") if a["labels"]["alertname"].startswith("MediaOperator")]

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from media_operator.alerts import AlertTriage
+from media_operator.app import build_registry, kopf_settings
 from media_operator.controller import Controller, RoundStats
 from media_operator.decisions import Decider, Rules
 from media_operator.metrics import OperatorMetrics
@@ -61,3 +62,12 @@ async def test_healthz_fails_when_rounds_stop():
         assert (await client.post("/alertmanager", json={})).status == 401
     finally:
         await client.close()
+
+
+def test_kopf_layer_builds_without_warnings():
+    """Settings and handlers kopf is given: deprecated knobs would warn (errors under -W error)."""
+    settings = kopf_settings()
+    assert settings.scanning.disabled and not settings.posting.enabled
+    store = PodStore({"app": "media"})
+    registry = build_registry(store)
+    assert registry is not None
