@@ -176,12 +176,6 @@ class Target:
         return None
 
 
-async def _connected(peer: Peer, data: bool) -> None:
-    await asyncio.wait_for(peer.connected.wait(), CONNECT_TIMEOUT)
-    if data:
-        await asyncio.wait_for(peer.channel_open.wait(), CONNECT_TIMEOUT)
-
-
 class ServiceTarget(Target):
     name = "service"
 
@@ -656,7 +650,10 @@ async def metrics_scrape(target: ServiceTarget, plan: Plan) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- driver
 
-PHASES = ("latency", "residue", "vanish", "idle_rss", "video_cpu", "metrics_scrape")
+PHASES: dict[str, Callable[[Any, Plan], Awaitable[dict[str, Any]]]] = {
+    "latency": latency, "residue": residue, "vanish": vanish, "idle_rss": idle_rss,
+    "video_cpu": video_cpu, "metrics_scrape": metrics_scrape,
+}
 
 
 async def run(plan: Plan, kinds: list[str], phases: list[str], deadline: float) -> dict[str, Any]:
@@ -674,7 +671,7 @@ async def run(plan: Plan, kinds: list[str], phases: list[str], deadline: float) 
             try:
                 async with running(kind, workdir) as target:
                     await warm_up(target, plan)
-                    figures = await globals()[phase](target, plan)
+                    figures = await PHASES[phase](target, plan)
             except Exception as exc:
                 figures = {"failed": repr(exc)[:500]}
             figures["phase_seconds"] = round(time.perf_counter() - started, 1)
@@ -728,7 +725,9 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if name == "residue_back_to_idle_s":
             row["note"] = "None: threads or fds not back to the idle count within the 5 s window"
         if name == "metrics_scrape_ms_at_500" and get("service", "metrics_scrape", "at_target", "measured") is False:
-            row["note"] = "extrapolated, not measured at 500 sessions"
+            row["note"] = ("extrapolated, not measured at 500 sessions"
+                           if get("service", "metrics_scrape", "at_target", "extrapolated_p90_ms") is not None
+                           else "not measured at 500 sessions")
         out[name] = row
     return out
 
