@@ -572,9 +572,10 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
             await asyncio.gather(*(o.peer.wait_frames(10, timeout=20) for o in sessions))
             frames0 = [o.peer.frames_received for o in sessions]
             sent0 = [o.peer.video.sent for o in sessions if o.peer.video]
-            c0, t0 = proc_sample(target.pid), time.perf_counter()
+            me = os.getpid()
+            c0, m0, t0 = proc_sample(target.pid), proc_sample(me), time.perf_counter()
             await asyncio.sleep(plan.video_window_s)
-            c1, t1 = proc_sample(target.pid), time.perf_counter()
+            c1, m1, t1 = proc_sample(target.pid), proc_sample(me), time.perf_counter()
             window = t1 - t0
             total_pct = (c1.cpu_ticks - c0.cpu_ticks) / CLK_TCK / window * 100
             received = [o.peer.frames_received - f for o, f in zip(sessions, frames0)]
@@ -586,6 +587,8 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
                 "sent_fps_per_session": round(sum(sent) / len(sent) / window, 1) if sent else None,
                 "echoed_fps_per_session": round(sum(received) / len(received) / window, 1),
                 "server_threads": c1.threads,
+                # The client peers encode and decode too, on the same cores: contention to keep in mind.
+                "client_cpu_pct_total": round((m1.cpu_ticks - m0.cpu_ticks) / CLK_TCK / window * 100, 2),
             })
     finally:
         await close_all(target, sessions)
