@@ -30,9 +30,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.operator.emulator import Cluster, cluster, eventually  # noqa: E402
-from tests.operator.harness import OperatorProcess, start_operator, stop_operator  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from tests.operator.emulator import Cluster, cluster, eventually
+from tests.operator.harness import OperatorProcess, start_operator, stop_operator
+from tests.support.ports import free_port
 
 # What a media pod exposes (same families and size as the real service's /metrics).
 EXPOSITION = """\

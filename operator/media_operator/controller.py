@@ -16,8 +16,8 @@ import structlog
 
 from media_operator.decisions import (
     Action,
-    BlockReason,
     Blocked,
+    BlockReason,
     Decider,
     Delete,
     Evict,
@@ -27,7 +27,7 @@ from media_operator.decisions import (
     Quarantine,
     Reading,
 )
-from media_operator.kube import Kube
+from media_operator.kube import KUBE_ERRORS, Kube
 from media_operator.labels import quarantine_patch, rfc3339
 from media_operator.metrics import OperatorMetrics
 from media_operator.podclient import PodClient
@@ -132,7 +132,7 @@ class Controller:
         top = await self.pods.top_tasks(pod.ip) if pod.ip else "pod has no IP"
         try:
             await self.kube.patch_pod(pod.key, quarantine_patch(now, self.settings.evict_after_seconds, reason))
-        except Exception as exc:
+        except KUBE_ERRORS as exc:
             self.decider.quarantine_failed(pod.key)
             log.error("quarantine patch failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
             return
@@ -152,7 +152,7 @@ class Controller:
                 result = await self.kube.delete(pod.key)
             else:
                 result = await self.kube.evict(pod.key)
-        except Exception as exc:
+        except KUBE_ERRORS as exc:
             result = EvictionResult.ERROR
             log.error("eviction failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
         self.decider.eviction_done(pod.key, now, result)
@@ -167,7 +167,7 @@ class Controller:
         """Best effort: an Event that cannot be posted must not undo or block the decision."""
         try:
             await self.kube.post_event(pod, type_, reason, message)
-        except Exception as exc:
+        except KUBE_ERRORS as exc:
             log.warning("event not posted", pod=f"{pod.namespace}/{pod.name}", reason=reason, error=str(exc)[:300])
 
     def alert(self, key: PodKey) -> None:

@@ -112,7 +112,7 @@ class Decision:
 @dataclass(frozen=True)
 class Rules:
     confirm_seconds: float = 120.0
-    budget: Budget = Budget(count=1)
+    budget: Budget = field(default_factory=lambda: Budget(count=1))
     storm_fraction: float = 0.5
     cooldown_seconds: float = 300.0
     evict_after_seconds: float = 900.0

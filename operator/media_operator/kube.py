@@ -11,8 +11,9 @@ import os
 import socket
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -20,6 +21,8 @@ from media_operator.decisions import EvictionResult, PodKey, PodView
 
 COMPONENT = "media-operator"
 REQUEST_TIMEOUT = 10.0  # seconds; one slow API call must not stall the round
+#: What a call to the API server can fail with: an error status, the connection, the timeout.
+KUBE_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError)
 
 
 async def load_configuration() -> client.Configuration:
@@ -37,7 +40,7 @@ class Kube:
         self._core = client.CoreV1Api(self._api_client)
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
 
-    async def __aenter__(self) -> Kube:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -49,30 +52,29 @@ class Kube:
         await self._core.patch_namespaced_pod(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
 
     async def post_event(self, pod: PodView, type_: str, reason: str, message: str) -> None:
-        now = datetime.datetime.now(tz=datetime.UTC)
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{pod.name}.{uuid.uuid4().hex[:16]}", "namespace": pod.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace,
-                               "name": pod.name, "uid": pod.uid},
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self._instance,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        now = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+        body = client.CoreV1Event(
+            api_version="v1",
+            kind="Event",
+            metadata=client.V1ObjectMeta(name=f"{pod.name}.{uuid.uuid4().hex[:16]}", namespace=pod.namespace),
+            involved_object=client.V1ObjectReference(api_version="v1", kind="Pod", namespace=pod.namespace,
+                                                     name=pod.name, uid=pod.uid),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=self._instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
         await self._core.create_namespaced_event(pod.namespace, body, _request_timeout=REQUEST_TIMEOUT)
 
     async def evict(self, key: PodKey) -> EvictionResult:
         namespace, name = key
-        body = {"apiVersion": "policy/v1", "kind": "Eviction",
-                "metadata": {"name": name, "namespace": namespace}}
+        body = client.V1Eviction(api_version="policy/v1", kind="Eviction",
+                                 metadata=client.V1ObjectMeta(name=name, namespace=namespace))
         try:
             await self._core.create_namespaced_pod_eviction(name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:

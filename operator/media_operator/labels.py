@@ -25,7 +25,7 @@ def parse_rfc3339(text: Any) -> float | None:
     if not isinstance(text, str) or not text:
         return None
     try:
-        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.datetime.fromisoformat(text)  # 3.11 reads "Z" and fractions
     except ValueError:
         return None
     if parsed.tzinfo is None:

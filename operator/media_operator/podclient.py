@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -42,7 +42,7 @@ class PodClient:
         self._session: aiohttp.ClientSession | None = None
         self._concurrency = concurrency
 
-    async def __aenter__(self) -> PodClient:
+    async def __aenter__(self) -> Self:
         # Keep-alive to a bounded number of pods; the pool never grows beyond the concurrency.
         connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=2, ttl_dns_cache=None)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
@@ -74,7 +74,7 @@ class PodClient:
                     if response.status != 200:
                         return Scraped(Reading(leak=None, error=f"HTTP {response.status}"), "error")
                     text = await response.text()
-            except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as exc:
+            except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
                 return Scraped(Reading(leak=None, error=f"{type(exc).__name__}: {exc}"[:200]), "error")
         try:
             return Scraped(parse_reading(text), "ok")
@@ -93,12 +93,12 @@ class PodClient:
                 if response.status != 200:
                     return f"/debug/tasks answered HTTP {response.status}"
                 return summarize_tasks(await response.json())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return f"/debug/tasks unreadable ({type(exc).__name__})"
 
     async def drain(self, ip: str) -> bool:
         try:
             async with self.session.post(self._url(ip, "/admin/drain")) as response:
                 return response.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False

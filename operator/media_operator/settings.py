@@ -148,7 +148,7 @@ class Settings:
     scrape_timeout: float = 3.0
     scrape_concurrency: int = 50
     confirm_seconds: float = 120.0
-    max_quarantined: Budget = Budget(count=1)
+    max_quarantined: Budget = field(default_factory=lambda: Budget(count=1))
     storm_fraction: float = 0.5
     cooldown_seconds: float = 300.0
     evict_after_seconds: float = 900.0

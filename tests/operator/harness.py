@@ -118,7 +118,8 @@ async def start_operator(tmp_path: Path, cluster: Cluster, admin_port: int,
     }
     log_path = tmp_path / f"operator-{port}.log"
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([OPERATOR], env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = await asyncio.to_thread(subprocess.Popen, [OPERATOR], env=full_env, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
     op = OperatorProcess(proc, f"http://127.0.0.1:{port}", log_path)
 
     async def up() -> bool:

@@ -30,8 +30,8 @@ def key(i: int) -> tuple[str, str]:
 
 
 def rules(**kw) -> Rules:
-    base = dict(confirm_seconds=120, cooldown_seconds=300, budget=Budget(count=1), storm_fraction=0.5,
-                evict_after_seconds=900, delete_grace_seconds=300, retry_base_seconds=15)
+    base = {"confirm_seconds": 120, "cooldown_seconds": 300, "budget": Budget(count=1), "storm_fraction": 0.5,
+            "evict_after_seconds": 900, "delete_grace_seconds": 300, "retry_base_seconds": 15}
     return Rules(**{**base, **kw})
 
 

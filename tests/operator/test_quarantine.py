@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 
 import httpx
@@ -162,7 +163,7 @@ async def test_flapping_gauge_is_not_quarantined(k8s, fleet, operator):
         await inject_leak(media[0])
         await op.rounds(2, pods=3)  # the operator has seen it at 1
         await end_leak(media[0])
-        await op.wait_metric("media_operator_decisions_blocked_total", lambda v: v == flaps, reason="flapping")
+        await op.wait_metric("media_operator_decisions_blocked_total", lambda v, n=flaps: v == n, reason="flapping")
     assert [k8s.patches(n) for n in names] == [[], [], []]
     assert await op.metric("media_operator_quarantines_total", source="scrape") == 0
 
@@ -176,7 +177,7 @@ async def test_eviction_refused_by_a_disruption_budget_is_retried_with_backoff(k
     await eventually(lambda: k8s.pod(names[0]) is None, timeout=30, what="evicted after two refusals")
     attempts = [(t, status) for t, pod, status in k8s.eviction_attempts if pod == names[0]]
     assert [status for _, status in attempts] == [429, 429, 201]
-    gaps = [b[0] - a[0] for a, b in zip(attempts, attempts[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(attempts)]
     interval = float(FAST_OPERATOR_ENV["MEDIA_OPERATOR_SCRAPE_INTERVAL"])
     assert gaps[0] >= interval * 0.9 and gaps[1] >= 2 * interval * 0.9, gaps  # backoff doubles
     await op.wait_metric("media_operator_evictions_total", lambda v: v == 1, result="evicted")
@@ -212,7 +213,7 @@ def notification(pod: str, fingerprint: str, status: str = "firing", name: str =
                  starts_at: str = "2026-11-24T01:00:00Z") -> dict:
     labels = {"alertname": name, "namespace": "media", "pod": pod, "severity": "warning"}
     return {
-        "version": "4", "groupKey": "{}:{alertname=\"%s\"}" % name, "truncatedAlerts": 0, "status": status,
+        "version": "4", "groupKey": f'{{}}:{{alertname="{name}"}}', "truncatedAlerts": 0, "status": status,
         "receiver": "media-operator", "groupLabels": {"alertname": name}, "commonLabels": labels,
         "commonAnnotations": {}, "externalURL": "http://alertmanager.monitoring:9093",
         "alerts": [{"status": status, "labels": labels, "annotations": {"summary": "task leak"},
