@@ -181,10 +181,13 @@ class Decider:
                 if track.leak_since is None:
                     track.leak_since = now
             elif track.leak_since is not None:
-                # The gauge went back to 0 before the window was over: not a confirmed leak.
-                blocked.append(Blocked(pod.key, BlockReason.FLAPPING,
-                                       f"leak gauge fell back to 0 after {now - track.leak_since:.0f}s "
-                                       f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
+                held = now - track.leak_since
+                if held < self.rules.confirm_seconds:
+                    # Back to 0 before the window was over: not a confirmed leak. (A confirmed pod
+                    # that was blocked and has recovered since is simply no candidate any more.)
+                    blocked.append(Blocked(pod.key, BlockReason.FLAPPING,
+                                           f"leak gauge fell back to 0 after {held:.0f}s "
+                                           f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
                 track.leak_since = None
                 track.reported = None
             if alerted:

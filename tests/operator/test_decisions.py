@@ -122,6 +122,15 @@ def test_budget_counts_pods_still_in_quarantine_and_blocks_once():
     assert d.actions == [] and d.blocked == []
 
 
+def test_a_blocked_pod_that_recovers_is_not_flapping():
+    decider = Decider(rules(storm_fraction=1.0))
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {0, 1}))
+    decider.decide(120, fleet, readings(4, {0, 1}))  # p0 quarantined, p1 blocked by the budget
+    fleet[0] = quarantined("p0", at=120)
+    assert decider.decide(135, fleet, readings(4, set())).blocked == []
+
+
 def test_budget_frees_when_the_quarantined_pod_is_gone_but_cooldown_holds():
     decider = Decider(rules(storm_fraction=1.0))
     fleet = pods(4)
