@@ -22,7 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.emulator import NAMESPACE, Cluster, eventually
-from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, stop_media_service
+from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, start_media_service, stop_media_service
 from tests.support.ports import free_port
 
 OPERATOR = str(Path(sys.executable).parent / "media-operator")
@@ -174,30 +174,7 @@ async def start_fleet(tmp_path: Path, count: int, spare: int = 0) -> tuple[list[
 
 
 def start_media(tmp_path: Path, host: str, port: int, admin_port: int, env: dict[str, str]) -> MediaProcess:
-    """``python -m media_service`` on fixed ports (``start_media_service`` picks its own per host,
-    and the MediaProcess it returns does not follow ports overridden through ``env``)."""
-    full_env = {
-        **os.environ,
-        "MEDIA_HOST": host, "MEDIA_PORT": str(port),
-        "MEDIA_ADMIN_HOST": host, "MEDIA_ADMIN_PORT": str(admin_port),
-        "MEDIA_LOG_FORMAT": "json", "MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1", "PYTHONUNBUFFERED": "1",
-        **env,
-    }
-    log_path = tmp_path / f"media-{host}-{port}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "media_service"], env=full_env,
-                                stdout=log_file, stderr=subprocess.STDOUT)
-    media = MediaProcess(host, port, admin_port, proc, log_path, env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"media-service exited with {proc.returncode}:\n{media.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{media.admin_url}/ready", timeout=1).status_code == 200:
-                return media
-        time.sleep(0.05)  # polling a starting process: there is nothing to wait on
-    stop_media_service(media)
-    raise RuntimeError(f"media-service not ready within 60s:\n{media.log()}")
+    return start_media_service(tmp_path, host=host, port=port, admin_port=admin_port, env=env, ready_timeout=60)
 
 
 async def stop_fleet(fleet: list[MediaProcess]) -> None:

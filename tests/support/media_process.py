@@ -90,10 +90,14 @@ def start_media_service(
     host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
+    port: int | None = None,
+    admin_port: int | None = None,
     ready_timeout: float = 30.0,
 ) -> MediaProcess:
-    """Start ``python -m media_service`` and wait until ``/ready`` answers 200."""
-    port, admin_port = free_port(host), free_port(host)
+    """Start ``python -m media_service`` and wait until ``/ready`` answers 200. Ports are free ones
+    of ``host`` unless given (pods of one test share an admin port, each on its own address)."""
+    port = port or free_port(host)
+    admin_port = admin_port or free_port(host)
     full_env = {
         **os.environ,
         "MEDIA_HOST": host,
