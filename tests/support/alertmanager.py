@@ -18,7 +18,9 @@ import httpx
 import yaml
 
 from tests.support.ports import free_port
-from tests.support.prometheus import ALERTS_DIR, require_tool, wait_until
+from tests.support.prometheus import ALERTS_DIR
+from tests.support.servers import ServerProcess, launch, wait_until
+from tests.support.tools import require_tool
 
 EXAMPLE_CONFIG = ALERTS_DIR / "alertmanager.example.yaml"
 
@@ -54,15 +56,8 @@ def example_config(webhook_url: str, token_file: Path, wait: str = "100ms") -> d
 
 
 @dataclass
-class AlertmanagerServer:
-    url: str
-    proc: subprocess.Popen[bytes]
-    workdir: Path
+class AlertmanagerServer(ServerProcess):
     config_path: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def post_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         """Send alerts as Prometheus does (API v2)."""
@@ -81,15 +76,6 @@ class AlertmanagerServer:
     def amtool(self, *args: str) -> subprocess.CompletedProcess[str]:
         """amtool against this server (e.g. ``alert query``)."""
         return amtool(*args, f"--alertmanager.url={self.url}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
 
 
 def alert(labels: Mapping[str, str], annotations: Mapping[str, str] | None = None,
@@ -115,37 +101,17 @@ def start_alertmanager(
     config_path = workdir / "alertmanager.yml"
     config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config)))
     port = free_port(host)
-    log_path = workdir / "alertmanager.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address={host}:{port}",
-                # An empty address turns the gossip cluster off: no second port, no peers.
-                "--cluster.listen-address=",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-        )
-    server = AlertmanagerServer(
-        url=f"http://{host}:{port}", proc=proc, workdir=workdir, config_path=config_path, log_path=log_path
-    )
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"alertmanager exited with {proc.returncode}:\n{server.log()}")
-        return httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200
-
-    try:
-        wait_until(ready, ready_timeout, "alertmanager /-/ready")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address={host}:{port}",
+        # An empty address turns the gossip cluster off: no second port, no peers.
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    return launch(AlertmanagerServer, "alertmanager", argv, f"http://{host}:{port}", workdir, ready_timeout,
+                  config_path=config_path)
 
 
 @contextlib.contextmanager

@@ -9,40 +9,23 @@ evaluation interval, so a test sees an alert fire in seconds from the very rules
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.servers import ServerProcess, launch, wait_until
 from tests.support.tools import require_tool
+
+__all__ = ["require_tool", "wait_until"]  # imported from here by the alert and chart tests
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_DIR = REPO / "alerts"
 TOOLS_BIN = REPO / ".tools" / "bin"
-
-T = TypeVar("T")
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError) as exc:
-            last_error = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
-        time.sleep(every)
 
 
 def rule_files(alerts_dir: Path = ALERTS_DIR) -> list[Path]:
@@ -77,15 +60,7 @@ def fast_rules(
 
 
 @dataclass
-class PrometheusServer:
-    url: str
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
+class PrometheusServer(ServerProcess):
     def _api(self, path: str, **params: Any) -> Any:
         response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=5)
         response.raise_for_status()
@@ -124,15 +99,6 @@ class PrometheusServer:
             return result if predicate(result) else None
 
         return wait_until(probe, timeout, f"query {expr!r} to match")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
 
 
 def static_job(job_name: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -178,33 +144,14 @@ def start_prometheus(
         yaml.safe_dump(prometheus_config(scrape_configs, rule_paths, alertmanager_urls, **config_kwargs))
     )
     port = free_port(host)
-    log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address={host}:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-        )
-    server = PrometheusServer(url=f"http://{host}:{port}", proc=proc, workdir=workdir, log_path=log_path)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"prometheus exited with {proc.returncode}:\n{server.log()}")
-        return httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200
-
-    try:
-        wait_until(ready, ready_timeout, "prometheus /-/ready")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={host}:{port}",
+        "--log.level=warn",
+    ]
+    return launch(PrometheusServer, "prometheus", argv, f"http://{host}:{port}", workdir, ready_timeout)
 
 
 @contextlib.contextmanager
