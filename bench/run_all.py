@@ -2,7 +2,7 @@
 
 Each benchmark is its own process that prints JSON on stdout (progress on stderr); the ones not
 present in bench/ are reported as missing and skipped. The whole run is bounded by ``--budget``
-seconds (default 300): a benchmark gets at most what is left, and is stopped with its whole process
+seconds (default 330): a benchmark gets at most what is left, and is stopped with its whole process
 group (so the servers it started go too) when its time is up.
 
 Run from the repository root: ``.venv/bin/python bench/run_all.py`` (``--quick`` for a smoke run;
@@ -39,9 +39,10 @@ BENCHES = (
     # sessions.py stops starting phases after its own --budget; the rest of its timeout is margin.
     Bench("sessions.py", timeout=220.0, extra={"full": ("--budget", "170"), "quick": ("--quick", "--budget", "90")}),
     Bench("leak_sample.py", timeout=60.0),
+    Bench("readiness_flip.py", timeout=60.0),
     Bench("hub_fanout.py", timeout=120.0, extra={"quick": ("--clients", "200", "--messages", "20")}),
     # Production settings (15 s interval, 120 s confirmation) take minutes alone; its author's short
-    # settings keep the whole run within 5 minutes (round time and CPU are per round anyway).
+    # settings keep the whole run within 5½ minutes (round time and CPU are per round anyway).
     Bench("operator_round.py", timeout=150.0, extra={"full": ("--interval", "2", "--confirm", "10"),
                                                       "quick": ("--pods", "100", "--interval", "2",
                                                                 "--confirm", "10")}),
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (passed on to benchmarks that take it)")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this benchmark, e.g. sessions (repeatable)")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget
     started = time.perf_counter()
