@@ -41,7 +41,7 @@ BENCHES = (
     Bench("leak_sample.py", timeout=60.0),
     Bench("readiness_flip.py", timeout=60.0),
     Bench("hub_fanout.py", timeout=120.0, extra={"quick": ("--clients", "200", "--messages", "20")}),
-    # Production settings (15 s interval, 120 s confirmation) take minutes alone; its author's short
+    # Production settings (15 s interval, 120 s confirmation) take minutes alone; these short
     # settings keep the whole run within 5½ minutes (round time and CPU are per round anyway).
     Bench("operator_round.py", timeout=150.0, extra={"full": ("--interval", "2", "--confirm", "10"),
                                                       "quick": ("--pods", "100", "--interval", "2",
