@@ -1,5 +1,6 @@
 """The chart's PrometheusRule is alerts/ itself: same groups, valid for promtool, shipped by
-content when the chart is packaged (helm follows the symlink), with nothing else of alerts/."""
+content when the chart is packaged (helm follows the symlink), with nothing else of alerts/.
+Without a scraped operator it is alerts/ less the operator's rule file."""
 
 from __future__ import annotations
 
@@ -8,14 +9,24 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, helm, one, render
+from tests.chart.render import ALL_ON, CHART, helm, objects, one, render
 from tests.support.prometheus import require_tool, rule_files
 
 
-def source_groups() -> list[dict]:
-    return [group for path in rule_files() for group in yaml.safe_load(path.read_text())["groups"]]
+OPERATOR_RULES = "media-operator.rules.yaml"
+
+
+def source_groups(*, operator: bool = True) -> list[dict]:
+    """The groups of alerts/, in file order; without the operator's file when no operator is scraped."""
+    return [group for path in rule_files() if operator or path.name != OPERATOR_RULES
+            for group in yaml.safe_load(path.read_text())["groups"]]
+
+
+def alert_names(groups: list[dict]) -> set[str]:
+    return {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
 
 
 def test_chart_ships_alerts_through_a_symlink() -> None:
@@ -27,6 +38,33 @@ def test_chart_ships_alerts_through_a_symlink() -> None:
 def test_rendered_rule_equals_alerts_dir() -> None:
     rule = one(render(ALL_ON), "PrometheusRule")
     assert rule["spec"]["groups"] == source_groups()
+
+
+def test_default_install_carries_the_operator_rules() -> None:
+    """Defaults on a cluster with the prometheus-operator API: operator, its ServiceMonitor and its rules."""
+    docs = render(None, "--api-versions", "monitoring.coreos.com/v1")
+    one(docs, "ServiceMonitor", "operator")
+    rule = one(docs, "PrometheusRule")
+    assert rule["spec"]["groups"] == source_groups()
+    assert {"MediaOperatorDown", "MediaOperatorQuarantineBlocked"} <= alert_names(rule["spec"]["groups"])
+
+
+@pytest.mark.parametrize("operator", [
+    {"enabled": False},
+    {"enabled": False, "serviceMonitor": {"enabled": True}},
+    {"serviceMonitor": {"enabled": False}},
+], ids=["operator-disabled", "operator-disabled-monitor-on", "operator-not-scraped"])
+def test_no_operator_rules_without_a_scraped_operator(operator: dict) -> None:
+    """MediaOperatorDown would fire forever for an operator the chart neither installs nor scrapes."""
+    docs = render({"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
+                   "operator": operator})
+    assert [d for d in objects(docs, "ServiceMonitor")
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"] == []
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    assert groups == source_groups(operator=False)
+    names = alert_names(groups)
+    assert not {n for n in names if n.startswith("MediaOperator")}, names
+    assert "MediaServiceGoroutineLeak" in names
 
 
 def test_rendered_rule_passes_promtool(tmp_path: Path) -> None:
@@ -57,7 +95,7 @@ def test_packaged_chart_carries_the_rule_files_not_the_link(tmp_path: Path) -> N
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
     text = helm("template", "media", str(unpacked / "media-service"), "--namespace", "media",
-                "--set", "alerts.enabled=true").stdout
+                "--set", "alerts.enabled=true", "--set", "operator.serviceMonitor.enabled=true").stdout
     rule = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == source_groups()
     assert not any(os.path.islink(p) for p in (unpacked / "media-service").rglob("*"))

@@ -90,6 +90,15 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* The operator is scraped as the chart models it: installed, with its ServiceMonitor. Its rules
+(alerts/media-operator.rules.yaml) ship only then, or MediaOperatorDown would fire for a target
+that cannot exist. */}}
+{{- define "media-service.operatorMonitored" -}}
+{{- if and .Values.operator.enabled (include "media-service.monitoringEnabled" (list .Values.operator.serviceMonitor.enabled .)) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Namespaces the operator watches and holds Roles in. */}}
 {{- define "media-service.operatorNamespaces" -}}
 {{- if .Values.operator.watchNamespaces -}}
