@@ -5,6 +5,7 @@ Without a scraped operator it is alerts/ less the operator's rule file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -99,3 +100,20 @@ def test_packaged_chart_carries_the_rule_files_not_the_link(tmp_path: Path) -> N
     rule = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == source_groups()
     assert not any(os.path.islink(p) for p in (unpacked / "media-service").rglob("*"))
+
+
+def test_servicemonitor_carries_the_pool_the_drain_rule_reads() -> None:
+    """MediaServiceDrainStuck leaves out quarantined pods by the series label media_service_pool:
+    the media ServiceMonitor copies the pod's pool label, as Prometheus Operator names it
+    (every character outside [a-zA-Z0-9_] becomes "_")."""
+    docs = render(ALL_ON)
+    monitor = one(docs, "ServiceMonitor", "media")
+    pool = "media-service/pool"
+    pod_labels = one(docs, "Deployment", "media")["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels[pool] == "serving"
+    assert monitor["spec"]["podTargetLabels"] == [pool]
+    series_label = re.sub(r"[^a-zA-Z0-9_]", "_", pool)
+    assert series_label == "media_service_pool"
+    (drain,) = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+                if r.get("alert") == "MediaServiceDrainStuck"]
+    assert f'{series_label}!="quarantined"' in drain["expr"]
