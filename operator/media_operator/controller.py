@@ -26,6 +26,7 @@ from media_operator.decisions import (
     PodView,
     Quarantine,
     Reading,
+    Source,
 )
 from media_operator.kube import KUBE_ERRORS, Kube
 from media_operator.labels import quarantine_patch, rfc3339
@@ -44,8 +45,6 @@ DELETED_REASON = "QuarantineDeleted"
 
 @dataclass
 class RoundStats:
-    pods: int = 0
-    seconds: float = 0.0
     finished_at: float | None = None  # monotonic
 
 
@@ -106,9 +105,14 @@ class Controller:
         for blocked in decision.blocked:
             await self._record_block(by_key[blocked.key], blocked)
         for action in decision.actions:
-            await self._carry_out(by_key[action.key], action, readings.get(action.key))
+            pod = by_key[action.key]
+            try:
+                await self._carry_out(pod, action, readings.get(action.key))
+            except Exception:  # one failed action must not keep the round's other actions from happening
+                self.metrics.action_errors.labels(type(action).__name__.lower()).inc()
+                log.exception("action failed", pod=f"{pod.namespace}/{pod.name}", action=type(action).__name__)
         elapsed = time.monotonic() - started
-        self.last_round = RoundStats(len(pods), elapsed, time.monotonic())
+        self.last_round = RoundStats(time.monotonic())
         self.metrics.round_seconds.set(elapsed)
         log.debug("round done", pods=len(pods), seconds=round(elapsed, 3), actions=len(decision.actions))
 
@@ -126,16 +130,21 @@ class Controller:
             await self._evict(pod, action)
 
     async def _quarantine(self, pod: PodView, action: Quarantine, reading: Reading | None) -> None:
-        now = self.clock()
-        figures = _figures(reading, now - action.leak_since)
-        reason = f"media_potential_goroutine_leak=1 confirmed by {action.source.value} ({figures})"
-        top = await self.pods.top_tasks(pod.ip) if pod.ip else "pod has no IP"
+        patched = False
         try:
+            now = self.clock()
+            figures = _figures(action, reading, now)
+            reason = f"media_potential_goroutine_leak=1 confirmed by {action.source.value}" + (
+                f" ({figures})" if figures else "")
+            top = await self.pods.top_tasks(pod.ip) if pod.ip else "pod has no IP"
             await self.kube.patch_pod(pod.key, quarantine_patch(now, self.settings.evict_after_seconds, reason))
+            patched = True
         except KUBE_ERRORS as exc:
-            self.decider.quarantine_failed(pod.key)
             log.error("quarantine patch failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
             return
+        finally:
+            if not patched:  # whatever went wrong: the cooldown must not start, the slot is free again
+                self.decider.quarantine_failed(pod.key)
         self.metrics.quarantines.labels(action.source.value).inc()
         evict_after = rfc3339(now + self.settings.evict_after_seconds)
         await self._event(pod, "Warning", QUARANTINED_REASON,
@@ -143,7 +152,7 @@ class Controller:
                           f"top task groups: {top}; evict after {evict_after}")
         drained = await self.pods.drain(pod.ip) if pod.ip else False
         log.warning("pod quarantined", pod=f"{pod.namespace}/{pod.name}", source=action.source.value,
-                    figures=figures, top_tasks=top, drained=drained, evict_after=evict_after)
+                    reason=reason, top_tasks=top, drained=drained, evict_after=evict_after)
 
     async def _evict(self, pod: PodView, action: Evict | Delete) -> None:
         now = self.clock()
@@ -175,8 +184,8 @@ class Controller:
         self.wake.set()
 
 
-def _figures(reading: Reading | None, held: float) -> str:
-    parts = [f"gauge held {held:.0f}s"]
+def _figures(action: Quarantine, reading: Reading | None, now: float) -> str:
+    parts = [f"gauge held {now - action.leak_since:.0f}s"] if action.source is Source.SCRAPE else []
     if reading is not None:
         figures: Mapping[str, float] = reading.figures
         parts += [f"{name}={value:g}" for name, value in figures.items()]

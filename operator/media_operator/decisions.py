@@ -138,9 +138,9 @@ class _Track:
 class Decider:
     rules: Rules
     _tracks: dict[PodKey, _Track] = field(default_factory=dict)
-    _last_quarantine_at: float | None = None
-    _previous_quarantine_at: float | None = None
-    _pending: set[PodKey] = field(default_factory=set)  # quarantined by us, label not seen yet
+    _last_quarantine_at: float | None = None  # the newest quarantine whose patch went through
+    # Quarantined by us, label not seen yet: when (a failed patch drops its entry and its cooldown).
+    _pending: dict[PodKey, float] = field(default_factory=dict)
 
     def alert(self, key: PodKey, now: float) -> None:
         """An Alertmanager notification counts as a confirmed leak for the next decision."""
@@ -151,7 +151,9 @@ class Decider:
         keys = {pod.key for pod in pods}
         for gone in set(self._tracks) - keys:
             del self._tracks[gone]
-        self._pending &= {pod.key for pod in pods if not pod.quarantined}  # the watch caught up
+        unlabelled = {pod.key for pod in pods if not pod.quarantined}
+        for key in [k for k in self._pending if k not in unlabelled]:  # the watch caught up, or it is gone
+            self._confirmed(self._pending.pop(key))
 
         blocked: list[Blocked] = []
         actions: list[Action] = []
@@ -160,7 +162,8 @@ class Decider:
 
         # The cooldown survives a restart through the quarantined pods' own annotations.
         annotated = [p.quarantined_at for p in pods if p.quarantined and p.quarantined_at is not None]
-        last = max([t for t in [self._last_quarantine_at, *annotated] if t is not None], default=None)
+        last = max([t for t in [self._last_quarantine_at, *self._pending.values(), *annotated] if t is not None],
+                   default=None)
 
         candidates: list[tuple[float, PodKey, Source]] = []
         leaky = 0
@@ -223,9 +226,8 @@ class Decider:
                 continue
             actions.append(Quarantine(key, source, leak_since))
             in_quarantine += 1
-            self._previous_quarantine_at, self._last_quarantine_at = self._last_quarantine_at, now
             last = now
-            self._pending.add(key)
+            self._pending[key] = now
             track.reported = None
 
         for pod in pods:
@@ -267,9 +269,11 @@ class Decider:
 
     def quarantine_failed(self, key: PodKey) -> None:
         """The patch did not happen: the cooldown must not start, the pod stays a candidate."""
-        if key in self._pending:
-            self._pending.discard(key)
-            self._last_quarantine_at = self._previous_quarantine_at
+        self._pending.pop(key, None)
+
+    def _confirmed(self, at: float) -> None:
+        if self._last_quarantine_at is None or at > self._last_quarantine_at:
+            self._last_quarantine_at = at
 
     def eviction_done(self, key: PodKey, now: float, result: EvictionResult) -> None:
         track = self._tracks.setdefault(key, _Track())

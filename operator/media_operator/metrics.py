@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from media_operator.decisions import BlockReason, EvictionResult, Source
 
 SCRAPE_RESULTS = ("ok", "error", "unparseable")
+ACTIONS = ("quarantine", "evict", "delete")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class OperatorMetrics:
         # Beyond the contract: a round close to the scrape interval means the fleet outgrew the settings.
         self.round_seconds = Gauge("media_operator_round_duration_seconds",
                                    "Duration of the last scrape-and-decide round", registry=r)
+        self.action_errors = Counter("media_operator_action_errors",
+                                     "Actions that failed unexpectedly (a bug, not an API refusal), by action",
+                                     ["action"], registry=r)
         # Pre-create every label value so that rate() and absent() work from the first scrape.
         for result in SCRAPE_RESULTS:
             self.scrapes.labels(result)
@@ -38,5 +42,7 @@ class OperatorMetrics:
             self.quarantines.labels(source.value)
         for reason in BlockReason:
             self.blocked.labels(reason.value)
+        for action in ACTIONS:
+            self.action_errors.labels(action)
         for eviction in EvictionResult:
             self.evictions.labels(eviction.value)

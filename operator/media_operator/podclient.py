@@ -20,8 +20,12 @@ class Scraped:
     result: str  # ok | error | unparseable (the label of media_operator_scrapes_total)
 
 
-def summarize_tasks(dump: Mapping[str, Any], top: int = 3) -> str:
-    """``1000× media_service.leak.faults.injected_leak (none), ...`` from a /debug/tasks dump."""
+def summarize_tasks(dump: Any, top: int = 3) -> str:
+    """``1000× media_service.leak.faults.injected_leak (none), ...`` from a /debug/tasks dump.
+
+    The dump is whatever JSON the pod sent: anything but an object gives no summary, never an error."""
+    if not isinstance(dump, Mapping):
+        return "task dump is not a JSON object"
     groups = dump.get("groups")
     if not isinstance(groups, list):
         return "task dump has no groups"

@@ -282,6 +282,33 @@ def test_failed_quarantine_neither_starts_cooldown_nor_loses_confirmation():
     assert decider.decide(135, fleet, readings(4, {1})).actions == [Quarantine(key(1), Source.SCRAPE, 0)]
 
 
+def test_failed_quarantine_frees_its_budget_slot_and_cooldown_for_another_pod():
+    decider = Decider(rules(storm_fraction=1.0, budget=Budget(count=1), cooldown_seconds=300))
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {1}))
+    decider.decide(60, fleet, readings(4, {1, 2}))
+    assert decider.decide(120, fleet, readings(4, {1, 2})).actions == [Quarantine(key(1), Source.SCRAPE, 0)]
+    decider.quarantine_failed(key(1))
+    # p1 comes first again (oldest leak); once it fails for good, p2 is neither over budget nor cooled down.
+    assert decider.decide(135, fleet, readings(4, {1, 2})).actions == [Quarantine(key(1), Source.SCRAPE, 0)]
+    decider.quarantine_failed(key(1))
+    d = decider.decide(180, fleet, readings(4, {2}))
+    assert d.actions == [Quarantine(key(2), Source.SCRAPE, 60)]
+
+
+def test_cooldown_counts_from_a_quarantine_once_the_watch_shows_it():
+    decider = Decider(rules(storm_fraction=1.0, budget=Budget(count=5), cooldown_seconds=300))
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {1, 2}))
+    d = decider.decide(120, fleet, readings(4, {1, 2}))
+    assert d.actions == [Quarantine(key(1), Source.SCRAPE, 0)]
+    assert [(b.key, b.reason) for b in d.blocked] == [(key(2), BlockReason.COOLDOWN)]
+    labelled = [PodView("ns", "p1", ip="10.0.0.1", quarantined=True)] + [p for p in fleet if p.name != "p1"]
+    assert decider.decide(135, labelled, readings(4, {1, 2})).actions == []
+    assert decider.decide(419, labelled, readings(4, {1, 2})).actions == []
+    assert decider.decide(420, labelled, readings(4, {1, 2})).actions == [Quarantine(key(2), Source.SCRAPE, 0)]
+
+
 def test_one_action_per_pod_per_decision():
     decider = Decider(rules(budget=Budget(count=10), cooldown_seconds=0, storm_fraction=1.0))
     fleet = pods(6) + [quarantined("q", 0, evict_after=0)]

@@ -76,6 +76,11 @@ def test_task_summary_names_the_largest_groups():
     assert summarize_tasks({"nothing": 1}) == "task dump has no groups"
 
 
+@pytest.mark.parametrize("dump", [[{"coroutine": "x", "count": 1}], None, "tasks", 3])
+def test_task_summary_of_a_dump_that_is_not_an_object(dump):
+    assert summarize_tasks(dump) == "task dump is not a JSON object"
+
+
 NOTIFICATION = {
     "version": "4",
     "groupKey": "{}:{alertname=\"MediaServiceGoroutineLeak\"}",

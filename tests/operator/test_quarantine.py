@@ -267,3 +267,46 @@ async def test_cluster_wide_operator_sees_every_namespace(k8s, fleet, operator):
     await eventually(lambda: k8s.pod(names[0], "team-a") is None, timeout=30, what="evicted in team-a")
     assert await op.metric("media_operator_quarantines_total", source="scrape") == 1
     assert k8s.patches(names[1]) == [] and k8s.patches(names[2]) == []
+
+
+LEAKY_EXPOSITION = """\
+media_goroutine_count 1042.0
+media_goroutine_baseline 12.0
+media_potential_goroutine_leak 1.0
+media_sessions_active 2.0
+"""
+
+
+async def test_a_pod_with_a_bad_task_dump_is_still_quarantined(k8s, fleet, operator):
+    """/debug/tasks answers a JSON list (the real service cannot be made to): no summary, no failed round."""
+    media, port = await fleet(2, spare=1)
+    names = [await k8s.add_pod(m.host) for m in media]
+    stub_host = fleet_hosts(3)[2]
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=LEAKY_EXPOSITION)
+
+    async def tasks(request: web.Request) -> web.Response:
+        return web.json_response([{"coroutine": "x", "count": 1}])
+
+    async def drain(request: web.Request) -> web.Response:
+        return web.json_response({"draining": True})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/tasks", tasks)
+    app.router.add_post("/admin/drain", drain)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, stub_host, port).start()
+    try:
+        stub = await k8s.add_pod(stub_host, name="stub")
+        op = await operator(port, {"MEDIA_OPERATOR_MAX_QUARANTINED": "1"}, pods=3)
+        await eventually(lambda: k8s.events(stub, "LeakQuarantined"), timeout=30, what="quarantine of the stub pod")
+        (event,) = k8s.events(stub, "LeakQuarantined")
+        assert "top task groups: task dump is not a JSON object" in event["message"]
+        assert len(k8s.patches(stub)) == 1 and [k8s.patches(n) for n in names] == [[], []]
+        assert await op.metric("media_operator_quarantines_total", source="scrape") == 1
+        assert "round failed" not in op.log() and "action failed" not in op.log()
+    finally:
+        await runner.cleanup()
