@@ -143,7 +143,8 @@ class Decider:
     _pending: dict[PodKey, float] = field(default_factory=dict)
 
     def alert(self, key: PodKey, now: float) -> None:
-        """An Alertmanager notification counts as a confirmed leak for the next decision."""
+        """An Alertmanager notification stands in for the confirmation window at the next decision:
+        the pod is a candidate then if its gauge reads 1 (a reading of 0 drops the alert)."""
         self._tracks.setdefault(key, _Track()).alert_at = now
 
     def decide(self, now: float, pods: Iterable[PodView], readings: Mapping[PodKey, Reading]) -> Decision:
@@ -164,6 +165,12 @@ class Decider:
         annotated = [p.quarantined_at for p in pods if p.quarantined and p.quarantined_at is not None]
         last = max([t for t in [self._last_quarantine_at, *self._pending.values(), *annotated] if t is not None],
                    default=None)
+
+        # An alert is for serving pods only: one for a pod in quarantine (or on its way out) is dropped,
+        # so that it cannot count if the pod is ever put back into service.
+        for key in keys - {p.key for p in serving}:
+            if key in self._tracks:
+                self._tracks[key].alert_at = None
 
         candidates: list[tuple[float, PodKey, Source]] = []
         leaky = 0
@@ -193,9 +200,11 @@ class Decider:
                                            f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
                 track.leak_since = None
                 track.reported = None
-            if alerted:
-                candidates.append((track.leak_since if track.leak_since is not None else now, pod.key,
-                                   Source.ALERTMANAGER))
+            if alerted and reading.leak:
+                # The alert stands in for the confirmation window, not for the reading: a pod whose
+                # gauge reads 0 now has recovered (or the alert is stale), and the alert is dropped.
+                assert track.leak_since is not None
+                candidates.append((track.leak_since, pod.key, Source.ALERTMANAGER))
             elif track.leak_since is not None and now - track.leak_since >= self.rules.confirm_seconds:
                 candidates.append((track.leak_since, pod.key, Source.SCRAPE))
             else:

@@ -8,6 +8,7 @@ import json
 import httpx
 
 from tests.operator.emulator import eventually
+from tests.operator.harness import inject_leak
 from tests.operator.test_quarantine import notification
 from tests.support.alertmanager import alert, example_config, start_alertmanager
 
@@ -22,7 +23,7 @@ async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
                                "MEDIA_OPERATOR_CONFIRM_SECONDS": "3600"}, pods=3)
     url = f"{op.url}/alertmanager"
     auth = {"Authorization": "Bearer webhook-s3cret"}
-    target = names[1]  # its gauge reads 0: the alert alone counts as the confirmation
+    target = names[1]
     async with httpx.AsyncClient() as client:
         async def post(payload, headers=auth, **kw) -> httpx.Response:
             return await client.post(url, json=payload, headers=headers, **kw)
@@ -46,6 +47,16 @@ async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
         await op.rounds(2, pods=3)
         assert [k8s.patches(n) for n in names] == [[], [], []]
 
+        # An alert for a pod whose gauge reads 0 is accepted, and does nothing.
+        healthy = await post(notification(names[0], "fp-0"))
+        assert healthy.json() == {"accepted": [f"media/{names[0]}"], "ignored": []}
+        await op.rounds(3, pods=3)
+        assert [k8s.patches(n) for n in names] == [[], [], []]
+
+        # The target leaks; a window of an hour means only the alert can confirm it.
+        await inject_leak(media[1])
+        await op.rounds(2, pods=3)
+        assert k8s.patches(target) == []
         first, duplicate = await post(firing), await post(firing)
         assert first.status_code == duplicate.status_code == 200
         assert first.json() == {"accepted": [f"media/{target}"], "ignored": []}
@@ -54,7 +65,8 @@ async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
 
     await eventually(lambda: k8s.events(target, "LeakQuarantined"), timeout=30, what="quarantine by alert")
     (patch,) = k8s.patches(target)
-    assert "confirmed by alertmanager" in patch["metadata"]["annotations"]["media-service/quarantine-reason"]
+    reason = patch["metadata"]["annotations"]["media-service/quarantine-reason"]
+    assert reason.startswith("media_potential_goroutine_leak=1 confirmed by alertmanager (") and "gauge held" not in reason
     await op.rounds(3, pods=3)
     assert len(k8s.patches(target)) == 1 and k8s.patches(names[0]) == [] and k8s.patches(names[2]) == []
     assert await op.metric("media_operator_quarantines_total", source="alertmanager") == 1
@@ -72,6 +84,7 @@ async def test_real_alertmanager_drives_the_quarantine(k8s, fleet, operator, tmp
     config = example_config(f"{op.url}/alertmanager", token_file)
     am = await asyncio.to_thread(start_alertmanager, tmp_path / "alertmanager", config)
     try:
+        await inject_leak(media[2])  # only the alert can confirm it (a window of an hour)
         labels = {"alertname": "MediaServiceGoroutineLeak", "namespace": "media", "pod": names[2],
                   "severity": "warning"}
         await asyncio.to_thread(am.post_alerts, [alert(labels)])

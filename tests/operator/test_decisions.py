@@ -109,6 +109,41 @@ def test_alert_counts_as_confirmed_but_needs_readable_metrics():
     assert d.actions == [Quarantine(key(2), Source.ALERTMANAGER, 30)]
 
 
+def test_alert_for_a_pod_whose_gauge_reads_0_is_dropped():
+    decider = Decider(rules())
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {2}))
+    decider.alert(key(2), now=30)
+    d = decider.decide(30, fleet, readings(4, set()))
+    assert d.actions == [] and [(b.key, b.reason) for b in d.blocked] == [(key(2), BlockReason.FLAPPING)]
+    decider.alert(key(1), now=40)
+    assert decider.decide(40, fleet, readings(4, set())).actions == []
+    # Dropped, not kept for later: the gauge coming back starts a fresh confirmation window.
+    assert decider.decide(50, fleet, readings(4, {1})).actions == []
+    assert decider.decide(169, fleet, readings(4, {1})).actions == []
+    assert decider.decide(170, fleet, readings(4, {1})).actions == [Quarantine(key(1), Source.SCRAPE, 50)]
+
+
+def test_alert_confirms_the_window_from_the_first_leaky_reading():
+    decider = Decider(rules())
+    fleet = pods(4)
+    decider.decide(0, fleet, readings(4, {3}))
+    decider.alert(key(3), now=20)
+    assert decider.decide(20, fleet, readings(4, {3})).actions == [Quarantine(key(3), Source.ALERTMANAGER, 0)]
+
+
+def test_alert_for_a_pod_not_serving_is_dropped():
+    decider = Decider(rules())
+    fleet = pods(3)
+    held = PodView("ns", "p3", ip="10.0.0.3", quarantined=True, quarantined_at=-1000, evict_after=10_000)
+    decider.alert(key(3), now=0)
+    decider.decide(0, [*fleet, held], readings(4, {3}))
+    # Put back into service by hand, still leaky: the old alert must not skip the window.
+    back = PodView("ns", "p3", ip="10.0.0.3")
+    assert decider.decide(15, [*fleet, back], readings(4, {3})).actions == []
+    assert decider.decide(135, [*fleet, back], readings(4, {3})).actions == [Quarantine(key(3), Source.SCRAPE, 15)]
+
+
 def test_budget_counts_pods_still_in_quarantine_and_blocks_once():
     decider = Decider(rules(storm_fraction=1.0))
     fleet = pods(4)
