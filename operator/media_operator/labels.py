@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from media_operator.decisions import PodView
+from media_operator.settings import POOL_LABEL
 
-POOL = "media-service/pool"
+POOL = POOL_LABEL
 SERVING = "serving"
 QUARANTINED = "quarantined"
 QUARANTINED_AT = "media-service/quarantined-at"

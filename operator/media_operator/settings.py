@@ -18,6 +18,8 @@ from typing import Any
 
 PREFIX = "MEDIA_OPERATOR_"
 DEFAULT_SELECTOR = "app.kubernetes.io/name=media-service,app.kubernetes.io/component=media"
+#: The label the operator moves pods between pools with (labels.py); a selector must not use it.
+POOL_LABEL = "media-service/pool"
 
 
 class SettingsError(ValueError):
@@ -70,6 +72,9 @@ def parse_selector(text: str) -> dict[str, str]:
         key, value = key.strip(), value.strip().removeprefix("=")  # accept k==v as well
         if not sep or not key or "!" in key:
             raise ValueError(f"only equality selectors (key=value) are supported, got {part!r}")
+        if key == POOL_LABEL:
+            raise ValueError(f"must not select on {POOL_LABEL}: quarantined pods would drop out of scope "
+                             "and out of the budget")
         labels[key] = value
     return labels
 
@@ -190,7 +195,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("selector", parse_selector, DEFAULT_SELECTOR, "label selector of media pods (key=value,...)"),
     _Option("pod_admin_port", _port, "9090", "media pods' admin port (/metrics, /debug/tasks, /admin/drain)"),
     _Option("scrape_interval", _positive(float), "15", "seconds between scrape-and-decide rounds"),
-    _Option("scrape_timeout", _positive(float), "3", "seconds one pod scrape may take"),
+    _Option("scrape_timeout", _positive(float), "3", "seconds one pod scrape may take (under twice the interval)"),
     _Option("scrape_concurrency", _positive(int), "50", "pods scraped at once"),
     _Option("confirm_seconds", _non_negative(float), "120", "the leak gauge must stay 1 this long"),
     _Option("max_quarantined", Budget.parse, "1", "pods in quarantine at once: a count or a percentage ('10%%')"),

@@ -60,6 +60,21 @@ def test_invalid_values_name_the_variable(var, value):
         load([], env={var: value})
 
 
+@pytest.mark.parametrize("selector", ["media-service/pool=serving", "app=media,media-service/pool=serving"])
+def test_selector_on_the_pool_label_is_refused(selector):
+    with pytest.raises(SettingsError) as raised:
+        load([], env={"MEDIA_OPERATOR_SELECTOR": selector})
+    message = str(raised.value)
+    assert message.startswith("MEDIA_OPERATOR_SELECTOR (--selector): invalid value") and "\n" not in message
+    assert "must not select on media-service/pool" in message
+
+
+def test_scrape_timeout_must_be_under_twice_the_interval():
+    assert load([], env={"MEDIA_OPERATOR_SCRAPE_INTERVAL": "2", "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3.9"})
+    with pytest.raises(SettingsError, match="^MEDIA_OPERATOR_SCRAPE_TIMEOUT: must be shorter than twice"):
+        load([], env={"MEDIA_OPERATOR_SCRAPE_INTERVAL": "2", "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "4"})
+
+
 def test_help_lists_every_setting_and_bad_values_stop_with_one_line():
     out = subprocess.run([sys.executable, "-m", "media_operator", "--help"], capture_output=True, text=True,
                          timeout=60, check=True).stdout
