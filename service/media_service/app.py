@@ -64,10 +64,12 @@ async def signaling(websocket: WebSocket) -> None:
             if message.get("text") is not None:
                 await connection.handle_text(message["text"])
             else:
-                connection.error("bad_request", "binary frames are not part of the protocol")
+                await connection.handle_binary()
     finally:
-        await connection.close()
-        await service.hub.disconnect(client)
+        try:
+            await connection.close()
+        finally:  # even if the close is cancelled (shutdown), the hub must let the client go
+            await service.hub.disconnect(client)
 
 
 async def demo_page(request: Request) -> HTMLResponse:

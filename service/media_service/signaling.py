@@ -1,4 +1,4 @@
-"""The WebSocket signaling protocol for one connection (JSON text frames; see docs/protocol.md).
+"""The WebSocket signaling protocol for one connection (JSON text frames; see docs/api.md).
 
 Plain logic over the session manager and the hub: the Starlette endpoint only feeds it frames.
 Every refusal is answered with an ``error`` message and leaves the connection usable.
@@ -52,19 +52,32 @@ class SignalingConnection:
             body["session"] = session
         self.send(body)
 
+    def _admitted(self) -> bool:
+        """The rate limit, for every frame the client sends."""
+        if self._bucket.take():
+            return True
+        now = time.monotonic()
+        if now - self._last_rate_error >= RATE_ERROR_INTERVAL:
+            self._last_rate_error = now
+            self.error("rate_limited", f"more than {self._service.settings.ws_rate_limit:g} messages a second")
+        else:
+            self._service.metrics.ws_messages_rejected.labels(code="rate_limited").inc()
+        return False
+
+    async def handle_binary(self) -> None:
+        if self._admitted():
+            self.error("bad_request", "binary frames are not part of the protocol")
+
     async def handle_text(self, text: str) -> None:
-        if not self._bucket.take():
-            now = time.monotonic()
-            if now - self._last_rate_error >= RATE_ERROR_INTERVAL:
-                self._last_rate_error = now
-                self.error("rate_limited", f"more than {self._service.settings.ws_rate_limit:g} messages a second")
-            else:
-                self._service.metrics.ws_messages_rejected.labels(code="rate_limited").inc()
+        if not self._admitted():
             return
         try:
             message = json.loads(text)
         except json.JSONDecodeError as exc:
             self.error("bad_request", f"malformed JSON: {exc.msg} at position {exc.pos}")
+            return
+        except (ValueError, RecursionError) as exc:  # integers over 4300 digits, nesting too deep
+            self.error("bad_request", f"malformed JSON: {str(exc)[:120] or type(exc).__name__}")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             self.error("bad_request", "a message is a JSON object with a string 'type'")
@@ -91,11 +104,7 @@ class SignalingConnection:
         if len(self.sessions) >= MAX_SESSIONS_PER_CONNECTION:
             self._service.metrics.sessions_rejected.labels(code="session_limit").inc()
             raise SessionLimit(f"at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection")
-        try:
-            session, answer = await self._service.sessions.open(message.get("sdp"), on_closed=self._session_closed)
-        except SessionError as exc:
-            self._service.metrics.sessions_rejected.labels(code=exc.code).inc()
-            raise
+        session, answer = await self._service.sessions.open(message.get("sdp"), on_closed=self._session_closed)
         self.sessions.add(session.id)
         self.send({"type": "answer", "session": session.id, "sdp": answer})
 

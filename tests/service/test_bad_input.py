@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.media_process import MediaProcess, media_service
-from tests.support.peers import SignalingClient, make_peer, offer_sdp, open_session
+from tests.support.peers import SignalingClient, make_peer, offer_sdp, only_codec, open_session
 
 CANDIDATE = "candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host"
 
@@ -48,6 +48,8 @@ async def still_usable(client: SignalingClient) -> None:
     ('{"type": "candidate"}', "needs a 'session'"),
     ('{"type": "bye"}', "needs a 'session'"),
     ('{"type": "message", "data": 1}', "non-empty 'to'"),
+    ('{"type": "ping", "n": ' + "9" * 5000 + "}", "malformed JSON"),  # Python refuses > 4300 digits
+    ("[" * 3000 + "]" * 3000, "malformed JSON"),  # deeper than the parser recurses
 ])
 async def test_malformed_messages_get_bad_request(client: SignalingClient, frame: str, fragment: str) -> None:
     await client.send(frame)
@@ -81,6 +83,32 @@ async def test_binary_frames_are_refused(client: SignalingClient) -> None:
     await client.ws.send(b"\x00\x01")
     assert (await client.recv("error"))["code"] == "bad_request"
     await still_usable(client)
+
+
+async def test_binary_floods_are_rate_limited_too(client: SignalingClient) -> None:
+    for _ in range(100):
+        await client.ws.send(b"\x00")
+    codes: list[str] = []
+    while "rate_limited" not in codes:
+        codes.append((await client.recv("error", timeout=10))["code"])
+    # The burst of 40 is answered (a token or two may refill while the flood is sent), then the
+    # rest is dropped with a single rate_limited error.
+    assert 40 <= codes.count("bad_request") <= 42
+    await asyncio.sleep(0.2)  # let the bucket refill a few tokens
+    await still_usable(client)
+
+
+async def test_offer_with_a_codec_aiortc_lacks(client: SignalingClient, media: MediaProcess) -> None:
+    peer = make_peer(video=True, data=False)
+    sdp = only_codec((await offer_sdp(peer))[0], "AV1")
+    await client.send({"type": "offer", "sdp": sdp})
+    error = await client.recv("error")
+    assert error["code"] == "bad_request" and error["message"].startswith("offer rejected")
+    async with httpx.AsyncClient(base_url=media.public_url) as http:
+        response = await http.post("/whip", content=sdp, headers={"content-type": "application/sdp"})
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert response.headers["access-control-allow-origin"] == "*"
+    await peer.close()
 
 
 async def test_unknown_and_closed_sessions(client: SignalingClient) -> None:

@@ -161,3 +161,16 @@ async def open_session(client: SignalingClient, *, video: bool = False, data: bo
     if data:
         await asyncio.wait_for(peer.channel_open.wait(), connect_timeout)
     return peer
+
+
+def only_codec(sdp: str, codec: str, payload_type: int = 96) -> str:
+    """The offer with its video section offering ``codec`` alone (e.g. one the answerer lacks)."""
+    out: list[str] = []
+    for line in sdp.splitlines():
+        if re.match(r"a=(rtpmap|fmtp|rtcp-fb):", line):
+            continue
+        if line.startswith("m=video"):
+            out += [" ".join([*line.split()[:3], str(payload_type)]), f"a=rtpmap:{payload_type} {codec}/90000"]
+        else:
+            out.append(line)
+    return "\r\n".join(out) + "\r\n"
