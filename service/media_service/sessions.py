@@ -15,18 +15,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from media_service import logs
 from media_service.config import Settings
 from media_service.ice import rtc_configuration
-from media_service.metrics import ServiceMetrics
 from media_service.leak.ownership import Owner, owned_by
+from media_service.metrics import ServiceMetrics
 
 log = logs.get("media_service.sessions")
 
 OnClosed = Callable[["Session", str], None]
+
+#: What aiortc raises for an offer it cannot answer: the client's fault, answered with bad_request.
+REJECTED_OFFER = (ValueError, AssertionError, IndexError, KeyError, OperationError, InvalidAccessError,
+                  InvalidStateError)
 
 
 class SessionError(Exception):
@@ -64,8 +69,6 @@ class Session:
     pc: RTCPeerConnection
     owner: Owner
     candidates: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    close_reason: str | None = None
     listeners: list[OnClosed] = field(default_factory=list)
 
 
@@ -85,14 +88,12 @@ class SessionManager:
         self._reserved = 0  # offers being answered: they hold a slot before they exist
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._shut = False  # close_all ran: an offer answered after it must not become a session
         self.empty = asyncio.Event()
         self.empty.set()
 
     def __len__(self) -> int:
         return len(self._sessions)
-
-    def __contains__(self, session_id: str) -> bool:
-        return session_id in self._sessions
 
     def get(self, session_id: str) -> Session:
         try:
@@ -101,8 +102,16 @@ class SessionManager:
             raise UnknownSession(f"no session {session_id!r}") from None
 
     async def open(self, offer_sdp: Any, on_closed: OnClosed | None = None) -> tuple[Session, str]:
-        """Answer an offer: returns the new session and the answer SDP."""
-        if not self._accepting():
+        """Answer an offer: returns the new session and the answer SDP. Refusals are counted here,
+        whichever way the offer came (WebSocket or WHIP)."""
+        try:
+            return await self._open(offer_sdp, on_closed)
+        except SessionError as exc:
+            self._metrics.sessions_rejected.labels(code=exc.code).inc()
+            raise
+
+    async def _open(self, offer_sdp: Any, on_closed: OnClosed | None) -> tuple[Session, str]:
+        if self._shut or not self._accepting():
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
             raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
@@ -124,12 +133,21 @@ class SessionManager:
                     answer = await asyncio.wait_for(self._answer(pc, offer_sdp), self._settings.session_connect_timeout)
                 except BaseException as exc:
                     await self._close_pc(session)
-                    if isinstance(exc, (ValueError, AssertionError, IndexError, KeyError)):
+                    if isinstance(exc, REJECTED_OFFER):
                         raise BadRequest(f"offer rejected: {exc or type(exc).__name__}") from None
                     if isinstance(exc, asyncio.TimeoutError):
+                        log.warning("answer_timeout", session=session_id,
+                                    timeout=self._settings.session_connect_timeout)
                         raise SessionError("timed out answering the offer") from None
                     raise
-            self._sessions[session_id] = session
+                if self._shut:  # shutdown closed every session while this one was being answered
+                    await self._close_pc(session)
+                    raise Draining("the server is shutting down; retry on another instance")
+                self._sessions[session_id] = session
+                # Armed in the session's scope: the close it may start belongs to the session.
+                self._timers[session_id] = asyncio.get_running_loop().call_later(
+                    self._settings.session_connect_timeout, self._connect_deadline, session
+                )
         except BaseException:
             owner.close()
             raise
@@ -138,9 +156,6 @@ class SessionManager:
             self._settle()
         self._metrics.sessions_created.inc()
         self._metrics.sessions_active.set(len(self._sessions))
-        self._timers[session_id] = asyncio.get_running_loop().call_later(
-            self._settings.session_connect_timeout, self._connect_deadline, session
-        )
         log.debug("session_opened", session=session_id, active=len(self._sessions))
         return session, answer
 
@@ -214,17 +229,24 @@ class SessionManager:
         timer = self._timers.pop(session_id, None)
         if timer is not None:
             timer.cancel()
-        session.close_reason = reason
         self._metrics.sessions_active.set(len(self._sessions))
         self._metrics.sessions_closed.labels(reason=reason).inc()
-        await self._close_pc(session)
-        session.owner.close()
-        session.closed.set()
-        for listener in session.listeners:
-            listener(session, reason)
-        log.debug("session_closed", session=session_id, reason=reason, active=len(self._sessions))
-        # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
-        self._settle()
+        with owned_by(session.owner):
+            closing = asyncio.get_running_loop().create_task(self._close_pc(session))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        try:
+            # Shielded: cancelling aiortc's close half way would leave its sockets and tasks behind.
+            await asyncio.shield(closing)
+        finally:
+            # Even if this close is cancelled (a second signal), the session is gone: its owner, its
+            # bye and the drain's view must follow; close_all waits for the peer close itself.
+            session.owner.close()
+            for listener in session.listeners:
+                listener(session, reason)
+            log.debug("session_closed", session=session_id, reason=reason, active=len(self._sessions))
+            # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
+            self._settle()
         return True
 
     def _settle(self) -> None:
@@ -240,6 +262,8 @@ class SessionManager:
             log.exception("peer_close_failed", session=session.id)
 
     async def close_all(self, reason: str) -> int:
+        """Close every session, for good: offers still being answered are refused when they finish."""
+        self._shut = True
         ids = list(self._sessions)
         await asyncio.gather(*(self.close(i, reason) for i in ids))
         if self._closing:

@@ -8,11 +8,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from media_service import logs
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.sessions import BadRequest, SessionError
 
 if TYPE_CHECKING:
     from media_service.core import MediaService
+
+log = logs.get("media_service.whip")
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -87,6 +90,9 @@ def whip_routes(service: MediaService) -> list[Route]:
         except SessionError as exc:
             retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.retryable else None
             return error(exc.code, str(exc), retry)
+        except Exception:  # a bug: still a JSON answer with CORS, and a traceback in the log
+            log.exception("whip_failed", method=request.method, path=request.url.path)
+            return error("internal", "internal error handling the request")
 
     async def create(request: Request) -> Response:
         async def handle(sdp: str) -> Response:

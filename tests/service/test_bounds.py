@@ -38,7 +38,8 @@ async def test_session_cap_is_retryable(tmp_path: Path, no_leaks: None) -> None:
                                       headers={"content-type": "application/sdp"})
         assert refused.status_code == 503 and refused.json()["error"] == "session_limit"
         assert int(refused.headers["retry-after"]) > 0
-        assert media.metric("media_sessions_rejected_total", {"code": "session_limit"}) == 1
+        # Counted whichever way the offer came: one over the WebSocket, one over WHIP.
+        assert media.metric("media_sessions_rejected_total", {"code": "session_limit"}) == 2
         # A slot that frees up is usable again.
         await client.send({"type": "bye", "session": peers[0].session})
         await client.recv("bye", session=peers[0].session)
