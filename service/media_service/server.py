@@ -63,6 +63,8 @@ class Runner:
         self._exit_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._forced = False
+        self._failed = False
+        self._servers: tuple[uvicorn.Server, ...] = ()
 
     async def run(self) -> int:
         settings, service = self.settings, self.service
@@ -74,6 +76,7 @@ class Runner:
             timeout_graceful_shutdown=2, **common,
         ))
         admin = _EmbeddedServer(uvicorn.Config(admin_app(service, self.drain), timeout_graceful_shutdown=1, **common))
+        self._servers = (public, admin)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -85,11 +88,19 @@ class Runner:
                 if any(task.done() for task in servers) or self._stop.is_set():
                     break
                 await asyncio.sleep(0.005)
-            if service.lifecycle.mark_ready():
+            if public.started and admin.started and service.lifecycle.mark_ready():
                 log.info("server_started", public=f"{settings.host}:{settings.port}",
                          admin=f"{settings.admin_bind_host}:{settings.admin_port}",
                          max_sessions=settings.max_sessions, drain_seconds=settings.drain_seconds)
-            await asyncio.wait([loop.create_task(self._stop.wait()), *servers], return_when=asyncio.FIRST_COMPLETED)
+            stop = loop.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stop, *servers], return_when=asyncio.FIRST_COMPLETED)
+            if stop not in done:  # a listener ended on its own: nothing can be served any more
+                stop.cancel()
+                ended = next(task for task in servers if task.done())
+                error = None if ended.cancelled() else ended.exception()
+                log.error("listener_stopped", error=repr(error) if error else None)
+                self._failed = True
+                await self._close_everything()
         finally:
             for server in (public, admin):
                 server.should_exit = True
@@ -101,8 +112,8 @@ class Runner:
                 sock.close()
             await service.leaks.stop()
             service.lifecycle.mark_stopped()
-        log.info("server_stopped", forced=self._forced)
-        return EXIT_FORCED if self._forced else EXIT_OK
+        log.info("server_stopped", forced=self._forced, failed=self._failed)
+        return EXIT_FORCED if self._forced or self._failed else EXIT_OK
 
     def drain(self, source: str) -> None:
         """Start draining (idempotent). Without a signal the process keeps running: /admin/drain."""
@@ -123,6 +134,8 @@ class Runner:
         else:
             log.warning("forced_shutdown", signal=name, sessions=len(self.service.sessions))
             self._forced = True
+            for server in self._servers:  # and uvicorn waits for no connection either
+                server.force_exit = True
             if self._exit_task is not None:
                 self._exit_task.cancel()
             self._exit_task = asyncio.get_running_loop().create_task(
@@ -140,7 +153,9 @@ class Runner:
 
     async def _close_everything(self) -> None:
         service = self.service
-        closed = await service.sessions.close_all("shutdown")
-        log.info("sessions_closed", count=closed, reason="shutdown")
-        await service.hub.close_all(1001, "server shutting down")
-        self._stop.set()
+        try:
+            closed = await service.sessions.close_all("shutdown")
+            log.info("sessions_closed", count=closed, reason="shutdown")
+            await service.hub.close_all(1001, "server shutting down")
+        finally:  # whatever went wrong, the process must not hang on until SIGKILL
+            self._stop.set()
