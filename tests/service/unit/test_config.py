@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from media_service.config import ConfigError, Settings, load
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+
 from media_service.hub import CLOSE_SLOW_CLIENT, Client, DropReason, Hub
 from media_service.metrics import ServiceMetrics
 

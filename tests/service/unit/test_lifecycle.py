@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from media_service.lifecycle import Lifecycle, State
 from media_service.metrics import ServiceMetrics
 from media_service.ratelimit import TokenBucket

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from media_service.sessions import BadRequest, check_offer, parse_candidate
 from media_service.whip import parse_sdpfrag
 
