@@ -71,7 +71,7 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None,
               ready: asyncio.Event | None = None) -> None:
-    """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set."""
+    """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set; ``ready`` is set once decisions start."""
     store = PodStore(settings.selector)
     metrics = OperatorMetrics()
     configuration = await load_configuration()
@@ -89,6 +89,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                  selector=dict(settings.selector), dry_run=settings.dry_run, http_port=settings.http_port,
                  alertmanager=bool(settings.webhook_token))
         loop_task = asyncio.create_task(controller.run(), name="media-operator control loop")
+        kopf_ready = asyncio.Event()
+        gate_task = asyncio.create_task(_open_when_listed(controller, kopf_ready, settings.scrape_interval, ready),
+                                        name="media-operator start-up gate")
         try:
             await kopf.operator(
                 registry=build_registry(store),
@@ -97,14 +100,31 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                 clusterwide=settings.clusterwide,
                 namespaces=settings.namespaces,
                 stop_flag=stop,
-                ready_flag=ready,
+                ready_flag=kopf_ready,
             )
         finally:
-            loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+            for task in (gate_task, loop_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runner.cleanup()
             log.info("operator stopped")
+
+
+async def _open_when_listed(controller: Controller, kopf_ready: asyncio.Event, interval: float,
+                            ready: asyncio.Event | None) -> None:
+    """Let the loop decide and the webhook answer once kopf has listed the existing pods.
+
+    kopf raises its ready flag when its watchers start; each first lists the pods there are, then
+    streams changes. kopf offers no public signal for the end of that listing, so the gate opens one
+    scrape interval later: a first round on a partial list could break the budget or miss a storm.
+    """
+    await kopf_ready.wait()
+    await asyncio.sleep(interval)
+    controller.listed.set()
+    log.info("pod list complete: deciding", pods=len(controller.store))
+    if ready is not None:
+        ready.set()
 
 
 def build_web(controller: Controller, triage: AlertTriage, settings: Settings, store: PodStore) -> web.Application:

@@ -58,11 +58,15 @@ class Controller:
     metrics: OperatorMetrics
     clock: Callable[[], float] = time.time
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the watch has delivered the pods that existed at start-up: no decision before that,
+    # or the budget, the storm guard and the cooldown would be judged on part of the fleet.
+    listed: asyncio.Event = field(default_factory=asyncio.Event)
     last_round: RoundStats = field(default_factory=RoundStats)
     started_at: float = field(default_factory=time.monotonic)
     _storm: bool = False
 
     async def run(self) -> None:
+        await self.listed.wait()
         while True:
             started = time.monotonic()
             self.wake.clear()

@@ -19,6 +19,7 @@ MAX_PAYLOAD = 1024 * 1024  # Alertmanager groups can be large, but not this larg
 
 def build_app(controller: Controller, triage: AlertTriage, token: str | None,
               in_scope: Callable[[tuple[str, str]], bool]) -> web.Application:
+    retry_after = controller.settings.scrape_interval
     app = web.Application(client_max_size=MAX_PAYLOAD)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -36,6 +37,10 @@ def build_app(controller: Controller, triage: AlertTriage, token: str | None,
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
+        if not controller.listed.is_set():
+            # Not every pod is known yet: "not in scope" could be wrong. Alertmanager retries a 5xx.
+            return web.json_response({"error": "starting: the pod list is not complete yet"}, status=503,
+                                     headers={"Retry-After": str(max(1, round(retry_after)))})
         try:
             alerts = parse_notification(await request.json())
         except ValueError as exc:  # JSON errors and InvalidPayload alike

@@ -73,6 +73,20 @@ async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):
     assert await op.metric("media_operator_quarantines_total", source="scrape") == 0
 
 
+async def test_no_decision_and_no_webhook_before_the_pod_list_is_complete(k8s, fleet, operator):
+    """The start-up gate opens one interval after kopf starts its watch: make that long."""
+    media, port = await fleet(1)
+    await inject_leak(media[0])
+    name = await k8s.add_pod(media[0].host)
+    op = await operator(port, {"MEDIA_OPERATOR_WEBHOOK_TOKEN": "t", "MEDIA_OPERATOR_SCRAPE_INTERVAL": "60",
+                               "MEDIA_OPERATOR_CONFIRM_SECONDS": "0", "MEDIA_OPERATOR_STORM_FRACTION": "1"})
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{op.url}/alertmanager", json=notification(name, "fp-1"),
+                                     headers={"Authorization": "Bearer t"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+    assert await op.scrapes() == 0 and k8s.patches(name) == []
+
+
 async def test_real_alertmanager_drives_the_quarantine(k8s, fleet, operator, tmp_path):
     """The example routing of alerts/ with a real Alertmanager: its v4 payloads, its bearer token."""
     media, port = await fleet(3)

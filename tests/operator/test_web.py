@@ -64,6 +64,20 @@ async def test_healthz_fails_when_rounds_stop():
         await client.close()
 
 
+async def test_webhook_answers_503_until_the_pod_list_is_complete():
+    client, controller = await serve(token="t")
+    try:
+        auth = {"Authorization": "Bearer t"}
+        assert (await client.post("/alertmanager", json={})).status == 401
+        response = await client.post("/alertmanager", json={}, headers=auth)
+        assert response.status == 503 and response.headers["Retry-After"] == "1"  # Alertmanager retries
+        assert (await response.json()) == {"error": "starting: the pod list is not complete yet"}
+        controller.listed.set()
+        assert (await client.post("/alertmanager", json={}, headers=auth)).status == 400  # judged now
+    finally:
+        await client.close()
+
+
 def test_kopf_layer_builds_without_warnings():
     """Settings and handlers kopf is given: deprecated knobs would warn (errors under -W error)."""
     settings = kopf_settings()
