@@ -50,6 +50,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from tests.support.media_process import start_media_service, stop_media_service
+from tests.support.non_reader import NonReader
 
 FILL_MESSAGES = 4
 FILL_PAD = "f" * 60_000  # under the service's 64 KiB message limit; 4 of them > 0.15 MiB
@@ -184,36 +185,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def open_non_reader(ws_url: str, device: str) -> socket.socket:
-    """Handshake by hand on a socket with a small window and MSS, then never read again."""
+def target_address(ws_url: str) -> tuple[str, int]:
     parts = urlsplit(ws_url)
     assert parts.hostname is not None and parts.port is not None
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, (parts.hostname, parts.port))
-        request = (
-            f"GET {parts.path}?user=room&device={device} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(sock, request.encode())
-        response = b""
-        async with asyncio.timeout(10):
-            while b"\r\n\r\n" not in response:
-                chunk = await loop.sock_recv(sock, 1)  # byte by byte: read nothing past the handshake
-                if not chunk:
-                    raise ConnectionError("closed during the handshake")
-                response += chunk
-        if not response.startswith(b"HTTP/1.1 101"):
-            raise ConnectionError(response.decode(errors="replace"))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return parts.hostname, parts.port
 
 
 def metric(admin_url: str, name: str) -> float:
@@ -280,11 +255,13 @@ async def run(args: argparse.Namespace) -> dict:
     async with service(args) as target:
         sender = await connect(f"{target.ws_url}?user=bench&device=sender")
         healthy: list[Healthy] = []
-        slow: list[socket.socket] = []
+        slow: list[NonReader] = []
         try:
             # Non-readers first: a fan-out reaches clients in the order they connected, so their
             # sockets fill, and their sends block, right after the sender's fill messages.
-            slow = list(await asyncio.gather(*(open_non_reader(target.ws_url, f"n{i}") for i in range(n_slow))))
+            host, port = target_address(target.ws_url)
+            slow = list(await asyncio.gather(*(NonReader.open(host, port, f"/ws?user=room&device=n{i}")
+                                               for i in range(n_slow))))
             for start in range(0, n_healthy, 50):
                 healthy += await asyncio.gather(*(Healthy.open(target.ws_url, f"h{i}", sent_at)
                                                   for i in range(start, min(start + 50, n_healthy))))
@@ -379,8 +356,8 @@ async def run(args: argparse.Namespace) -> dict:
             )
             return result
         finally:
-            for sock in slow:
-                sock.close()
+            for client in slow:
+                client.sock.close()
             await asyncio.gather(*(c.close() for c in healthy), sender.close(), return_exceptions=True)
 
 
