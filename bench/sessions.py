@@ -461,19 +461,8 @@ async def residue(target: Target, plan: Plan) -> dict[str, Any]:
         midway = proc_sample(target.pid)
         results += await bounded(plan.residue_sessions - half, plan.residue_concurrency, session)
         churn_s = time.perf_counter() - started
-        closed_at = time.monotonic()
-        back: dict[str, float | None] = {"threads": None, "fds": None}
-        while True:
-            now = time.monotonic() - closed_at
-            s = proc_sample(target.pid)
-            for key in back:
-                if back[key] is None and getattr(s, key) <= getattr(idle, key):
-                    back[key] = round(now, 2)
-            if now >= plan.residue_window_s:
-                break
-            await asyncio.sleep(0.1)
+        back, after = await watch_back_to_idle(target.pid, idle, plan.residue_window_s)
         peak = sampler.peak
-    after = s
     extra = [t for fd, t in fd_targets(target.pid).items() if idle_fds.get(fd) != t]
     return {
         "sessions": plan.residue_sessions, "concurrency": plan.residue_concurrency,
@@ -487,6 +476,24 @@ async def residue(target: Target, plan: Plan) -> dict[str, Any]:
         "seconds_to_idle": back,  # None: not back to the idle count within the window
         "server_stats": {"idle": stats_idle, "after_5s": await target.stats()},
     }
+
+
+async def watch_back_to_idle(
+    pid: int, idle: ProcSample, window_s: float
+) -> tuple[dict[str, float | None], ProcSample]:
+    """Sample the process for ``window_s``: seconds until its threads and fds were back to the idle
+    counts (None: not within the window), and the last sample."""
+    start = time.monotonic()
+    back: dict[str, float | None] = {"threads": None, "fds": None}
+    while True:
+        now = time.monotonic() - start
+        sample = proc_sample(pid)
+        for key in back:
+            if back[key] is None and getattr(sample, key) <= getattr(idle, key):
+                back[key] = round(now, 2)
+        if now >= window_s:
+            return back, sample
+        await asyncio.sleep(0.1)
 
 
 async def vanish(target: Target, plan: Plan) -> dict[str, Any]:
@@ -509,17 +516,7 @@ async def vanish(target: Target, plan: Plan) -> dict[str, Any]:
     finally:
         child.kill()  # the client vanishes
         await asyncio.to_thread(child.wait)
-    killed_at = time.monotonic()
-    back: dict[str, float | None] = {"threads": None, "fds": None}
-    while True:
-        now = time.monotonic() - killed_at
-        s = proc_sample(target.pid)
-        for key in back:
-            if back[key] is None and getattr(s, key) <= getattr(idle, key):
-                back[key] = round(now, 2)
-        if now >= plan.residue_window_s:
-            break
-        await asyncio.sleep(0.1)
+    back, s = await watch_back_to_idle(target.pid, idle, plan.residue_window_s)
     return {
         "sessions": plan.vanish_sessions, "client": opened,
         "threads": {"idle": idle.threads, "held": held.threads, "after_5s": s.threads},
