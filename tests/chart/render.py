@@ -6,6 +6,7 @@ import functools
 import json
 import subprocess
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,34 @@ ALL_ON: dict[str, Any] = {
     "operator": {"serviceMonitor": {"enabled": True}, "rbac": {"clusterWide": True},
                  "watchNamespaces": ["media", "media-canary"]},
 }
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with a repeated key. PyYAML, helm and kubectl keep the last
+    value silently; kustomize, Flux, kubeconform and server-side strict field validation reject the
+    manifest, so the chart must never render one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<` may repeat; flatten_mapping resolves it
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_all(text: str) -> list[dict[str, Any]]:
+    """The non-empty documents of rendered manifests, loaded strictly."""
+    return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc]
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -55,7 +84,7 @@ def template(values: dict[str, Any] | None = None, *extra: str, check: bool = Tr
 @functools.lru_cache(maxsize=32)
 def _render(values_json: str, extra: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     text = template(json.loads(values_json), *extra).stdout
-    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+    return tuple(load_all(text))
 
 
 def render(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:

@@ -11,9 +11,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import referencing
+import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from tests.chart.render import ALL_ON, CHART, helm, render, values_file
+from tests.chart.render import ALL_ON, CHART, helm, load_all, render, template, values_file
 
 SCHEMAS = Path(__file__).parent / "schemas"
 CRD_SCHEMAS = {
@@ -60,6 +61,29 @@ def test_every_rendered_object_is_valid(variant: str, version: str) -> None:
     assert docs
     for obj in docs:
         validate(obj, version)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [*VARIANTS.values(), {"podLabels": {"team": "media"}, "operator": {"podLabels": {"team": "media"}}}],
+    ids=[*VARIANTS, "pod-labels"],
+)
+def test_no_rendered_mapping_repeats_a_key(values: dict[str, Any] | None) -> None:
+    """helm and kubectl keep the last of two equal keys; kustomize, Flux, kubeconform and
+    server-side strict field validation reject the manifest. render() loads strictly as well."""
+    docs = load_all(template(values).stdout)
+    assert [d["kind"] for d in docs].count("Deployment") == 2
+
+
+def test_the_strict_loader_rejects_a_repeated_key() -> None:
+    text = "kind: Pod\nmetadata:\n  labels:\n    app: a\n    tier: web\n    app: b\n"
+    assert yaml.safe_load(text)["metadata"]["labels"] == {"app": "b", "tier": "web"}  # silently
+    with pytest.raises(yaml.constructor.ConstructorError, match="found duplicate key 'app'"):
+        load_all(text)
+    text = "kind: Pod\nmetadata: {labels: {app: a, tier: web}}\n---\n"
+    assert load_all(text) == [{"kind": "Pod", "metadata": {"labels": {"app": "a", "tier": "web"}}}]
+    # A key that overrides a merged one (`<<`) is not a repeat.
+    assert load_all("a: &x {b: 1}\nc: {<<: *x, b: 2}\n") == [{"a": {"b": 1}, "c": {"b": 2}}]
 
 
 def test_all_on_renders_every_kind() -> None:

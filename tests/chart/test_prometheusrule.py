@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, helm, objects, one, render
+from tests.chart.render import ALL_ON, CHART, helm, load_all, objects, one, render
 from tests.support.prometheus import require_tool, rule_files
-
 
 OPERATOR_RULES = "media-operator.rules.yaml"
 
@@ -97,7 +96,7 @@ def test_packaged_chart_carries_the_rule_files_not_the_link(tmp_path: Path) -> N
         tar.extractall(unpacked, filter="data")
     text = helm("template", "media", str(unpacked / "media-service"), "--namespace", "media",
                 "--set", "alerts.enabled=true", "--set", "operator.serviceMonitor.enabled=true").stdout
-    rule = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "PrometheusRule")
+    rule = next(d for d in load_all(text) if d["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == source_groups()
     assert not any(os.path.islink(p) for p in (unpacked / "media-service").rglob("*"))
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 
-from tests.chart.render import CHART, NAMESPACE, RELEASE, one
+from tests.chart.render import CHART, NAMESPACE, RELEASE, load_all, one
 from tests.support.prometheus import require_tool
 
 SECRET = f"{RELEASE}-media-service-operator-webhook"
@@ -67,7 +67,7 @@ async def render_against(kubeconfig: Path) -> list[dict[str, Any]]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()
-    return [d for d in yaml.safe_load_all(out.decode()) if d]
+    return load_all(out.decode())
 
 
 def token_of(docs: list[dict[str, Any]]) -> str:
@@ -95,6 +95,6 @@ def test_without_a_cluster_each_render_generates_a_new_token() -> None:
     """The contrast: what would happen on every upgrade without the lookup."""
     from tests.chart.render import template
 
-    tokens = {token_of([d for d in yaml.safe_load_all(template().stdout) if d]) for _ in range(2)}
+    tokens = {token_of(load_all(template().stdout)) for _ in range(2)}
     assert len(tokens) == 2
     assert all(len(t) == 48 and t.isalnum() for t in tokens)

@@ -44,28 +44,38 @@
 {{- end -}}
 {{- end -}}
 
-{{/* Labels every object carries. */}}
+{{/* Labels. As in the prometheus-community charts, selector labels are included *inside* the labels
+that carry them, never beside them in one map: the keys would repeat, which helm and kubectl let
+through but kustomize, Flux, kubeconform and server-side strict field validation reject. A pod's
+labels are its selector labels plus metaLabels; every other object's are `labels`. */}}
 {{- define "media-service.labels" -}}
+{{ include "media-service.releaseSelectorLabels" . }}
+{{ include "media-service.metaLabels" . }}
+{{- end -}}
+
+{{/* The labels no selector reads. */}}
+{{- define "media-service.metaLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-app.kubernetes.io/name: {{ include "media-service.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: media-service
 {{- end -}}
 
+{{- define "media-service.releaseSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "media-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{/* Media pods: the operator's contract. The pool label is in every selector, so a pod the
 operator relabels `quarantined` leaves the Service, the ReplicaSet and the PDB at once. */}}
 {{- define "media-service.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "media-service.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "media-service.releaseSelectorLabels" . }}
 app.kubernetes.io/component: media
 media-service/pool: serving
 {{- end -}}
 
 {{- define "media-service.operatorSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "media-service.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "media-service.releaseSelectorLabels" . }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
