@@ -42,10 +42,10 @@ media_goroutine_count {count}.0
 # HELP media_goroutine_count_max highest media_goroutine_count seen
 # TYPE media_goroutine_count_max gauge
 media_goroutine_count_max {count}.0
-# HELP media_goroutine_unowned tasks not owned by a live session, plus threads
-# TYPE media_goroutine_unowned gauge
-media_goroutine_unowned {count}.0
-# HELP media_goroutine_baseline baseline of media_goroutine_unowned; -1 until established
+# HELP media_goroutine_unexplained what load cannot explain: unowned and orphaned tasks plus threads
+# TYPE media_goroutine_unexplained gauge
+media_goroutine_unexplained {count}.0
+# HELP media_goroutine_baseline baseline of media_goroutine_unexplained; -1 until established
 # TYPE media_goroutine_baseline gauge
 media_goroutine_baseline 40.0
 # HELP media_potential_goroutine_leak 1 = leak suspected, 0 = normal
@@ -53,9 +53,10 @@ media_goroutine_baseline 40.0
 media_potential_goroutine_leak {leak}.0
 # HELP media_asyncio_tasks asyncio tasks by owner state
 # TYPE media_asyncio_tasks gauge
-media_asyncio_tasks{{owner="live_session"}} 420.0
-media_asyncio_tasks{{owner="closed_session"}} 0.0
-media_asyncio_tasks{{owner="none"}} {count}.0
+media_asyncio_tasks{{owner="live"}} 420.0
+media_asyncio_tasks{{owner="closing"}} 0.0
+media_asyncio_tasks{{owner="orphaned"}} 0.0
+media_asyncio_tasks{{owner="unowned"}} {count}.0
 # HELP media_threads threads of the process
 # TYPE media_threads gauge
 media_threads 3.0
@@ -113,7 +114,7 @@ class FakeFleet:
 
     async def tasks(self, request: web.Request) -> web.Response:
         return web.json_response({"tasks": 900, "groups": [
-            {"coroutine": "app.handlers.forgotten_poll", "owner": "none", "count": 840}]})
+            {"coroutine": "app.handlers.forgotten_poll", "owner": "unowned", "count": 840}]})
 
     async def drain(self, request: web.Request) -> web.Response:
         return web.json_response({"draining": True}, status=202)

@@ -9,7 +9,7 @@ from media_operator.decisions import Reading
 LEAK_GAUGE = "media_potential_goroutine_leak"
 SESSIONS_GAUGE = "media_sessions_active"
 #: Figures quoted in the quarantine Event when the pod exposes them.
-FIGURES = ("media_goroutine_count", "media_goroutine_baseline", "media_goroutine_unowned", "media_threads")
+FIGURES = ("media_goroutine_count", "media_goroutine_baseline", "media_goroutine_unexplained", "media_threads")
 _WANTED = (LEAK_GAUGE, SESSIONS_GAUGE, *FIGURES)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from media_service.config import Settings
 from media_service.hub import Hub
-from media_service.leak import LeakDetector, LeakSettings
+from media_service.leak.detector import LeakDetector, LeakSettings
 from media_service.lifecycle import Lifecycle
 from media_service.metrics import ServiceMetrics
 from media_service.sessions import SessionManager

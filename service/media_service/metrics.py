@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
+from media_service.leak.ownership import OwnerState
+
 # The *_created series double the output and no rule or dashboard reads them.
 disable_created_metrics()
 
-OWNER_STATES = ("live_session", "closed_session", "none")
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
 
 
@@ -19,16 +20,18 @@ class ServiceMetrics:
         # Leak detection. Kept under the original Go service's names for compatibility.
         self.goroutine_count = Gauge("media_goroutine_count", "asyncio tasks + threads of the process", registry=r)
         self.goroutine_count_max = Gauge("media_goroutine_count_max", "highest media_goroutine_count seen", registry=r)
-        self.goroutine_unowned = Gauge(
-            "media_goroutine_unowned",
-            "tasks not owned by a live session, plus threads: the count the leak decision uses",
+        self.goroutine_unexplained = Gauge(
+            "media_goroutine_unexplained",
+            "what load cannot explain: unowned and orphaned tasks plus threads; the count the leak rule judges",
             registry=r,
         )
         self.goroutine_baseline = Gauge(
-            "media_goroutine_baseline", "baseline of media_goroutine_unowned; -1 until established", registry=r
+            "media_goroutine_baseline", "baseline of media_goroutine_unexplained; -1 until established", registry=r
         )
         self.potential_leak = Gauge("media_potential_goroutine_leak", "1 = leak suspected, 0 = normal", registry=r)
-        self.asyncio_tasks = Gauge("media_asyncio_tasks", "asyncio tasks by owner state", ["owner"], registry=r)
+        self.asyncio_tasks = Gauge(
+            "media_asyncio_tasks", "asyncio tasks by owner state: live, closing, orphaned, unowned", ["owner"], registry=r
+        )
         self.threads = Gauge("media_threads", "threads of the process", registry=r)
         # Sessions.
         self.sessions_active = Gauge("media_sessions_active", "open WebRTC sessions", registry=r)
@@ -55,8 +58,8 @@ class ServiceMetrics:
         self.ready = Gauge("media_ready", "1 while ready to take new sessions", registry=r)
 
         self.goroutine_baseline.set(-1)
-        for owner in OWNER_STATES:
-            self.asyncio_tasks.labels(owner=owner)
+        for state in OwnerState:
+            self.asyncio_tasks.labels(owner=state.value)
         for reason in CLOSE_REASONS:
             self.sessions_closed.labels(reason=reason)
 

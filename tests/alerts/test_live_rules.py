@@ -13,12 +13,12 @@ from tests.support.prometheus import MetricsTarget, fast_rules, prometheus_serve
 
 LEAKING = """\
 media_potential_goroutine_leak 1
-media_goroutine_unowned 75
+media_goroutine_unexplained 75
 media_goroutine_baseline 25
 media_ready 1
 media_draining 0
 """
-HEALTHY = LEAKING.replace("leak 1", "leak 0").replace("unowned 75", "unowned 25")
+HEALTHY = LEAKING.replace("leak 1", "leak 0").replace("unexplained 75", "unexplained 25")
 
 
 def scrape_job(target: MetricsTarget) -> dict:
@@ -46,7 +46,7 @@ def test_prometheus_scrapes_and_evaluates_the_fast_rules(tmp_path: Path) -> None
                                   "job": "media-service", "instance": target.address,
                                   "namespace": "media", "pod": "media-a"}
         description = " ".join(leak["annotations"]["description"].split())
-        assert "5 minutes: 75 unowned tasks and threads against a baseline of 25." in description
+        assert "5 minutes: 75 unexplained tasks and threads against a baseline of 25." in description
 
         target.text = HEALTHY
         wait_until(lambda: prom.alerts("MediaServiceGoroutineLeak") == [], 30, "the leak alert to resolve")

@@ -48,8 +48,8 @@ def test_injected_leak_reaches_the_webhook_and_its_end_resolves(tmp_path: Path) 
         (alert,) = firing.body["alerts"]
         description = " ".join(alert["annotations"]["description"].split())
         assert f"against a baseline of {baseline:.0f}." in description
-        unowned = int(description.split("for 5 minutes: ")[1].split(" ")[0])
-        assert unowned > 3 * baseline
+        unexplained = int(description.split("for 5 minutes: ")[1].split(" ")[0])
+        assert unexplained > 3 * baseline
 
         assert admin.delete("/debug/leak").json()["stopped"] == leaked
         resolved = webhook.wait_for(lambda n: n.body["status"] == "resolved", timeout=60)

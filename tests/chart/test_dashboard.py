@@ -33,7 +33,7 @@ def test_configmap_carries_the_dashboard_with_the_sidecar_label() -> None:
 def test_panels_cover_the_issue() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = " ".join(queries(dashboard))
-    for metric in ("media_sessions_active", "media_goroutine_unowned", "media_goroutine_baseline",
+    for metric in ("media_sessions_active", "media_goroutine_unexplained", "media_goroutine_baseline",
                    "media_potential_goroutine_leak", "media_draining", "media_ws_send_timeouts_total",
                    "media_ice_candidates_rejected_total", "media_operator_quarantines_total",
                    "media_operator_decisions_blocked_total"):

@@ -46,15 +46,15 @@ async def test_a_peer_connections_tasks_and_decoder_thread_belong_to_its_session
         # Media flows once ICE and DTLS are up; aiortc then starts the track's decoder thread.
         running = await census_until(ownership, lambda c: c.session_threads == 1 and c.live > 0)
         assert tracks and tracks[0].kind == "audio"
-        assert running.closed == running.orphaned == 0
+        assert running.closing == running.orphaned == 0
         groups = task_dump(ownership, grace=GRACE, stack_limit=0)["groups"]
-        owned_modules = {str(g["coroutine"]).split(".")[0] for g in groups if g["owner"] == "live_session"}
+        owned_modules = {str(g["coroutine"]).split(".")[0] for g in groups if g["owner"] == "live"}
         assert "aiortc" in owned_modules
     finally:
         owner.close()
         await receiver.close()
         await sender.close()
     # Closed cleanly: the session's tasks end and its decoder thread is joined, so no orphans.
-    done = await census_until(ownership, lambda c: c.live == c.closed == 0 and c.session_threads == 0)
+    done = await census_until(ownership, lambda c: c.live == c.closing == 0 and c.session_threads == 0)
     assert done.orphaned == 0
 

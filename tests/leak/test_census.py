@@ -8,7 +8,7 @@ from media_service.leak.ownership import Owner, TaskOwnership, owned_by
 
 
 def test_unexplained_leaves_out_live_and_closing_tasks_and_load_threads() -> None:
-    census = Census(live=30, closed=4, orphaned=2, unowned=5, threads=9, session_threads=3, pool_threads=2)
+    census = Census(live=30, closing=4, orphaned=2, unowned=5, threads=9, session_threads=3, pool_threads=2)
     assert census.tasks == 41
     assert census.total == 50
     assert census.unexplained == 5 + 2 + 9 - 3 - 2
@@ -28,7 +28,7 @@ async def test_census_counts_tasks_by_owner_state(ownership: TaskOwnership) -> N
     finally:
         release.set()
         await asyncio.gather(*tasks)
-    assert (census.live, census.closed, census.orphaned) == (5, 3, 4)
+    assert (census.live, census.closing, census.orphaned) == (5, 3, 4)
     assert census.unowned == 2 + 1  # the two plain tasks and the test's own task
     assert census.threads == threading.active_count()
     assert census.session_threads == 0

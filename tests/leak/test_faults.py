@@ -67,8 +67,8 @@ async def test_orphaned_drill_tasks_are_orphans_and_plain_ones_own_nothing(owner
     try:
         census = take_census(ownership, grace=3600.0)
         assert census.orphaned == 4
-        assert census.live == census.closed == 0
+        assert census.live == census.closing == 0
         states = {ownership.state_of(t, time.monotonic(), 3600.0) for t in faults._tasks}
-        assert states == {OwnerState.NONE, OwnerState.ORPHANED}
+        assert states == {OwnerState.UNOWNED, OwnerState.ORPHANED}
     finally:
         assert await faults.stop() == 7

@@ -111,7 +111,7 @@ def test_owner_state_follows_close_and_grace() -> None:
     owner.close(now=100.0)
     owner.close(now=200.0)  # closing twice keeps the first time
     assert owner.closed_at == 100.0
-    assert owner.state(now=104.9, grace=5.0) is OwnerState.CLOSED
+    assert owner.state(now=104.9, grace=5.0) is OwnerState.CLOSING
     assert owner.state(now=105.0, grace=5.0) is OwnerState.ORPHANED
 
 

@@ -19,26 +19,27 @@ def rendered(metrics: ServiceMetrics) -> dict[tuple[str, str], float]:
 
 def test_a_sample_sets_every_leak_gauge() -> None:
     metrics = ServiceMetrics()
-    census = Census(live=50, closed=7, orphaned=2, unowned=4, threads=5, session_threads=3)
-    verdict = LeakVerdict(samples=40, count=census.total, count_max=90, decision_count=census.unexplained,
+    census = Census(live=50, closing=7, orphaned=2, unowned=4, threads=5, session_threads=3)
+    verdict = LeakVerdict(samples=40, count=census.total, count_max=90, unexplained=census.unexplained,
                           baseline=3, leak=False)
     publish(metrics, Sample(census, verdict))
     values = rendered(metrics)
     assert values[("media_goroutine_count", "")] == 68
     assert values[("media_goroutine_count_max", "")] == 90
-    assert values[("media_goroutine_unowned", "")] == 4 + 2 + 5 - 3
+    assert values[("media_goroutine_unexplained", "")] == 4 + 2 + 5 - 3
     assert values[("media_goroutine_baseline", "")] == 3
     assert values[("media_potential_goroutine_leak", "")] == 0
-    # Winding-down tasks are load; only orphans are `closed_session`, so any lasting value is a leak.
-    assert values[("media_asyncio_tasks", "live_session")] == 57
-    assert values[("media_asyncio_tasks", "closed_session")] == 2
-    assert values[("media_asyncio_tasks", "none")] == 4
+    # One value per owner state; only orphans are `orphaned`, so any lasting value is a leak.
+    assert values[("media_asyncio_tasks", "live")] == 50
+    assert values[("media_asyncio_tasks", "closing")] == 7
+    assert values[("media_asyncio_tasks", "orphaned")] == 2
+    assert values[("media_asyncio_tasks", "unowned")] == 4
     assert values[("media_threads", "")] == 5
 
 
 def test_no_baseline_yet_is_minus_one_and_a_leak_is_one() -> None:
     metrics = ServiceMetrics()
-    census = Census(live=0, closed=0, orphaned=0, unowned=3, threads=1, session_threads=0)
+    census = Census(live=0, closing=0, orphaned=0, unowned=3, threads=1, session_threads=0)
     publish(metrics, Sample(census, LeakVerdict(1, 4, 4, 4, None, False)))
     assert rendered(metrics)[("media_goroutine_baseline", "")] == -1
     publish(metrics, Sample(census, LeakVerdict(31, 4, 4, 4, 1, True)))

@@ -47,7 +47,7 @@ async def test_post_and_delete_debug_leak(detector: LeakDetector) -> None:
         assert started.json() == {"started": 30, "active": 30}
         dump = (await http.get("/debug/tasks")).json()
         top = dump["groups"][0]
-        assert (top["coroutine"], top["owner"], top["count"]) == ("media_service.leak.faults.injected_leak", "none", 30)
+        assert (top["coroutine"], top["owner"], top["count"]) == ("media_service.leak.faults.injected_leak", "unowned", 30)
         stopped = await http.delete("/debug/leak")
         assert stopped.json() == {"stopped": 30, "active": 0}
 
@@ -81,7 +81,7 @@ async def test_debug_tasks_as_text_lists_groups_largest_first(detector: LeakDete
     lines = text.splitlines()
     assert lines[0].endswith("threads") and "tasks" in lines[0]
     groups = [line for line in lines if " × " in line and not line.startswith(" ")]
-    assert groups[0].startswith("7 × ") and "injected_leak [none]" in groups[0]
+    assert groups[0].startswith("7 × ") and "injected_leak [unowned]" in groups[0]
     first_stack = lines[lines.index(groups[0]) + 1]
     assert first_stack.startswith("    ") and "injected_leak" in first_stack
     assert bad.status_code == 400

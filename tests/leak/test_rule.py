@@ -7,10 +7,10 @@ from media_service.leak.rule import LeakRule
 
 def test_baseline_is_the_nth_sample_and_no_leak_before_it() -> None:
     rule = LeakRule(baseline_samples=3, factor=3)
-    first = rule.observe(count=100, decision_count=100)
-    second = rule.observe(count=50, decision_count=50)
+    first = rule.observe(count=100, unexplained=100)
+    second = rule.observe(count=50, unexplained=50)
     assert (first.baseline, first.leak, second.baseline, second.leak) == (None, False, None, False)
-    third = rule.observe(count=20, decision_count=10)
+    third = rule.observe(count=20, unexplained=10)
     assert third.baseline == 10
     assert third.samples == 3
     assert not third.leak
@@ -24,11 +24,11 @@ def test_leak_only_strictly_above_factor_times_baseline_and_it_clears() -> None:
     assert not rule.observe(12, 12).leak
 
 
-def test_the_decision_count_is_judged_not_the_raw_count() -> None:
+def test_the_unexplained_count_is_judged_not_the_raw_count() -> None:
     rule = LeakRule(baseline_samples=1, factor=3)
-    rule.observe(count=40, decision_count=10)
+    rule.observe(count=40, unexplained=10)
     # Load tripled the raw count (session tasks), the unexplained count did not move.
-    steady = rule.observe(count=400, decision_count=11)
+    steady = rule.observe(count=400, unexplained=11)
     assert not steady.leak
     assert steady.count_max == 400
 

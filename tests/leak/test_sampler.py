@@ -54,4 +54,4 @@ async def test_a_verdict_change_is_logged_once_each_way(ownership: TaskOwnership
     assert events == ["leak_suspected", "leak_cleared"]
     suspected = logs[0]
     assert suspected["unowned_tasks"] >= 5
-    assert suspected["top_task_groups"][0] == "5 none asyncio.locks.Event.wait"
+    assert suspected["top_task_groups"][0] == "5 unowned asyncio.locks.Event.wait"

@@ -28,11 +28,11 @@ def test_fire_drill_trips_and_clears_the_leak_gauge(tmp_path: Path) -> None:
         assert started.status_code == 200, started.text
         assert started.json()["active"] == leaked
         media.poll_metric("media_potential_goroutine_leak", lambda v: v == 1)
-        assert (media.metric("media_asyncio_tasks", {"owner": "none"}) or 0) >= leaked
+        assert (media.metric("media_asyncio_tasks", {"owner": "unowned"}) or 0) >= leaked
         top = (admin.get("/debug/tasks")).json()["groups"][0]
         assert (top["coroutine"], top["owner"], top["count"]) == (
             "media_service.leak.faults.injected_leak",
-            "none",
+            "unowned",
             leaked,
         )
         stopped = admin.delete("/debug/leak")
@@ -41,9 +41,9 @@ def test_fire_drill_trips_and_clears_the_leak_gauge(tmp_path: Path) -> None:
         assert "leak_suspected" in media.log()
         # The orphan drill: tasks of a long-closed session, what the orphaned-tasks alert watches.
         assert admin.post("/debug/leak", params={"tasks": "5", "orphaned": "1"}).status_code == 200
-        media.poll_metric("media_asyncio_tasks", lambda v: v == 5, labels={"owner": "closed_session"})
+        media.poll_metric("media_asyncio_tasks", lambda v: v == 5, labels={"owner": "orphaned"})
         assert admin.delete("/debug/leak").json()["stopped"] == 5
-        media.poll_metric("media_asyncio_tasks", lambda v: v == 0, labels={"owner": "closed_session"})
+        media.poll_metric("media_asyncio_tasks", lambda v: v == 0, labels={"owner": "orphaned"})
 
 
 def test_the_drill_is_off_by_default(tmp_path: Path) -> None:
@@ -78,14 +78,14 @@ def test_many_websocket_clients_are_load_not_a_leak(tmp_path: Path) -> None:
                 # Wait for samples taken with every client connected, then read what they say.
                 await asyncio.to_thread(media.poll_metric, "media_ws_clients", lambda v: v == clients)
                 live = await asyncio.to_thread(
-                    media.poll_metric, "media_asyncio_tasks", lambda v: v >= clients, 20.0, {"owner": "live_session"}
+                    media.poll_metric, "media_asyncio_tasks", lambda v: v >= clients, 20.0, {"owner": "live"}
                 )
                 # An observation window, not a wait: the gauge must stay 0 over ten sampling intervals.
                 leak_seen = 0.0
                 for _ in range(10):
                     leak_seen = max(leak_seen, media.metric("media_potential_goroutine_leak") or 0)
                     await asyncio.sleep(float(FAST_LEAK_ENV["MEDIA_LEAK_SAMPLE_INTERVAL"]))
-                return live, leak_seen, media.metric("media_goroutine_unowned") or 0
+                return live, leak_seen, media.metric("media_goroutine_unexplained") or 0
             finally:
                 release.set()
                 await holder

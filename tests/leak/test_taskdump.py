@@ -40,7 +40,7 @@ async def test_groups_by_coroutine_and_owner_state_largest_first(ownership: Task
     groups = [(g["coroutine"], g["owner"], g["count"]) for g in dump["groups"]]
     assert groups[:3] == [
         (f"{__name__}.keepalive", "orphaned", 6),
-        (f"{__name__}.relay_loop", "live_session", 4),
+        (f"{__name__}.relay_loop", "live", 4),
         (f"{__name__}.relay_loop", "orphaned", 2),
     ]
     assert dump["tasks"] == 13  # the twelve, and the test's own task

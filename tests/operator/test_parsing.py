@@ -7,7 +7,6 @@ import copy
 import pytest
 
 from media_operator.alerts import AlertTriage, InvalidPayload, parse_notification
-from media_operator.decisions import Reading
 from media_operator.labels import (
     EVICT_AFTER,
     POOL,
@@ -17,6 +16,7 @@ from media_operator.labels import (
     quarantine_patch,
     rfc3339,
 )
+from media_operator.decisions import Reading
 from media_operator.podclient import summarize_tasks
 from media_operator.podstore import PodStore
 from media_operator.promtext import Unparseable, parse_reading
@@ -33,7 +33,7 @@ media_goroutine_baseline 12.0
 media_potential_goroutine_leak 1.0
 # HELP media_asyncio_tasks tasks by owner
 # TYPE media_asyncio_tasks gauge
-media_asyncio_tasks{owner="none"} 1020.0
+media_asyncio_tasks{owner="unowned"} 1020.0
 # HELP media_sessions_active open sessions
 # TYPE media_sessions_active gauge
 media_sessions_active 4.0
@@ -65,14 +65,14 @@ def test_sessions_are_optional():
 
 def test_task_summary_names_the_largest_groups():
     dump = {"tasks": 1030, "groups": [
-        {"coroutine": "media_service.leak.faults.injected_leak", "owner": "none", "count": 1000},
-        {"coroutine": "aiortc.rtcsctptransport._data_channel_flush", "owner": "live_session", "count": 20},
-        {"coroutine": "uvicorn.server.serve", "owner": "none", "count": 1},
-        {"coroutine": "x", "owner": "none", "count": 1},
+        {"coroutine": "media_service.leak.faults.injected_leak", "owner": "unowned", "count": 1000},
+        {"coroutine": "aiortc.rtcsctptransport._data_channel_flush", "owner": "live", "count": 20},
+        {"coroutine": "uvicorn.server.serve", "owner": "unowned", "count": 1},
+        {"coroutine": "x", "owner": "unowned", "count": 1},
     ]}
-    assert summarize_tasks(dump) == ("1000× media_service.leak.faults.injected_leak (none), "
-                                     "20× aiortc.rtcsctptransport._data_channel_flush (live_session), "
-                                     "1× uvicorn.server.serve (none)")
+    assert summarize_tasks(dump) == ("1000× media_service.leak.faults.injected_leak (unowned), "
+                                     "20× aiortc.rtcsctptransport._data_channel_flush (live), "
+                                     "1× uvicorn.server.serve (unowned)")
     assert summarize_tasks({"nothing": 1}) == "task dump has no groups"
 
 

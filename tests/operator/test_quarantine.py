@@ -33,7 +33,7 @@ async def test_injected_leak_is_quarantined_drained_and_evicted(k8s, fleet, oper
     (event,) = k8s.events(names[0], "LeakQuarantined")
     assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Pod"
     assert "media_service.leak.faults.injected_leak (none)" in event["message"]  # top task group
-    assert "media_goroutine_unowned=" in event["message"] and "media_goroutine_baseline=" in event["message"]
+    assert "media_goroutine_unexplained=" in event["message"] and "media_goroutine_baseline=" in event["message"]
 
     # Drained: readiness is off, sessions are kept.
     async with httpx.AsyncClient() as client:

@@ -240,7 +240,8 @@ async def test_client_vanishing_mid_handshake_leaves_nothing(media: MediaProcess
         await peer.close()
     media.poll_metric("media_ws_clients", lambda v: v == 0)
     media.poll_metric("media_sessions_active", lambda v: v == 0)
-    media.poll_metric("media_asyncio_tasks", lambda v: v == 0, labels={"owner": "live_session"}, timeout=30)
+    for state in ("live", "closing"):
+        media.poll_metric("media_asyncio_tasks", lambda v: v == 0, labels={"owner": state}, timeout=30)
 
 
 class TestWhipBadInput:

@@ -98,7 +98,7 @@ async def test_churn_returns_to_idle(tmp_path: Path, no_leaks: None) -> None:
 
         await poll(lambda: (threads_of(pid), fds_of(pid)) <= idle[:2], "threads and fds back to idle", media)
         media.poll_metric("media_goroutine_count", lambda v: v <= idle[2], timeout=30)
-        assert media.metric("media_asyncio_tasks", {"owner": "closed_session"}) == 0
+        assert media.metric("media_asyncio_tasks", {"owner": "orphaned"}) == 0
         assert media.metric("media_potential_goroutine_leak") == 0
         for client in clients:
             await client.close()

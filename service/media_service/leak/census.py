@@ -28,7 +28,7 @@ POOL_THREAD = re.compile(r"asyncio_\d+")
 @dataclass(frozen=True, slots=True)
 class Census:
     live: int  # tasks of open owners
-    closed: int  # tasks of owners closed within the grace period
+    closing: int  # tasks of owners closed within the grace period
     orphaned: int  # tasks of owners closed longer ago than the grace period
     unowned: int  # tasks that belong to no owner
     threads: int  # Python threads, the main thread included
@@ -37,7 +37,7 @@ class Census:
 
     @property
     def tasks(self) -> int:
-        return self.live + self.closed + self.orphaned + self.unowned
+        return self.live + self.closing + self.orphaned + self.unowned
 
     @property
     def total(self) -> int:
@@ -46,9 +46,9 @@ class Census:
 
     @property
     def unexplained(self) -> int:
-        """What load cannot explain: unowned tasks, orphans, and threads that are neither
-        per-session nor pool workers. Tasks of recently closed owners are left out while they
-        wind down."""
+        """What load cannot explain, the count the leak rule judges (``media_goroutine_unexplained``):
+        unowned tasks, orphans, and threads that are neither per-session nor pool workers. Closing
+        tasks are left out while they wind down."""
         return self.unowned + self.orphaned + self.threads - self.session_threads - self.pool_threads
 
 
@@ -67,13 +67,13 @@ def take_census(
     for task, owner in ownership.owned():
         if task in pending:
             counts[owner.state(now, grace)] += 1
-    counts[OwnerState.NONE] = len(pending) - sum(counts.values())
+    counts[OwnerState.UNOWNED] = len(pending) - sum(counts.values())
     threads = threading.enumerate()
     return Census(
         live=counts[OwnerState.LIVE],
-        closed=counts[OwnerState.CLOSED],
+        closing=counts[OwnerState.CLOSING],
         orphaned=counts[OwnerState.ORPHANED],
-        unowned=counts[OwnerState.NONE],
+        unowned=counts[OwnerState.UNOWNED],
         threads=len(threads),
         session_threads=sum(1 for t in threads if t.name in SESSION_THREAD_NAMES),
         pool_threads=sum(1 for t in threads if POOL_THREAD.fullmatch(t.name)),

@@ -23,13 +23,13 @@ _current_owner: contextvars.ContextVar[Owner | None] = contextvars.ContextVar("m
 
 
 class OwnerState(StrEnum):
-    """Where a task stands. The metric `media_asyncio_tasks{owner}` folds these into its three
-    labels: LIVE and CLOSED as `live_session`, ORPHANED as `closed_session`, NONE as `none`."""
+    """Where a task stands: one name each in code, ``media_asyncio_tasks{owner}``, ``/debug/tasks``,
+    alerts and docs (the glossary in docs/leak-detection.md)."""
 
-    LIVE = "live_session"
-    CLOSED = "closed_session"  # owner closed less than the grace period ago: still winding down
+    LIVE = "live"  # its owner is open: load
+    CLOSING = "closing"  # owner closed less than the grace period ago: still winding down, load
     ORPHANED = "orphaned"  # owner closed longer ago than the grace period: a leak
-    NONE = "none"
+    UNOWNED = "unowned"  # created outside every owner's scope
 
 
 @dataclass(eq=False, slots=True)
@@ -51,7 +51,7 @@ class Owner:
     def state(self, now: float, grace: float) -> OwnerState:
         if self.closed_at is None:
             return OwnerState.LIVE
-        return OwnerState.CLOSED if now - self.closed_at < grace else OwnerState.ORPHANED
+        return OwnerState.CLOSING if now - self.closed_at < grace else OwnerState.ORPHANED
 
 
 def current_owner() -> Owner | None:
@@ -145,4 +145,4 @@ class TaskOwnership:
 
     def state_of(self, task: asyncio.Future[Any], now: float, grace: float) -> OwnerState:
         owner = self._owners.get(task)
-        return OwnerState.NONE if owner is None else owner.state(now, grace)
+        return OwnerState.UNOWNED if owner is None else owner.state(now, grace)

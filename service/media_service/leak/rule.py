@@ -1,7 +1,7 @@
 """The leak rule of the original Go service, as a plain state machine.
 
 Every sample: remember the highest raw count; the Nth sample (30 by default, 5 minutes at 10 s)
-of the decision count becomes the baseline; a leak is suspected while the decision count is above
+of the unexplained count becomes the baseline; a leak is suspected while the unexplained count is above
 factor x baseline, and only once a baseline above zero exists. The verdict is recomputed each
 sample, so it clears when the count comes back down.
 """
@@ -16,7 +16,7 @@ class LeakVerdict:
     samples: int  # samples taken so far, this one included
     count: int  # raw count of this sample
     count_max: int  # highest raw count seen
-    decision_count: int  # the count the rule judges
+    unexplained: int  # the count the rule judges: what load cannot explain
     baseline: int | None  # None until the baseline sample has been taken
     leak: bool
 
@@ -33,11 +33,11 @@ class LeakRule:
         self._count_max = 0
         self._baseline: int | None = None
 
-    def observe(self, count: int, decision_count: int) -> LeakVerdict:
+    def observe(self, count: int, unexplained: int) -> LeakVerdict:
         self._samples += 1
         self._count_max = max(self._count_max, count)
         if self._samples == self.baseline_samples:
-            self._baseline = decision_count
+            self._baseline = unexplained
         baseline = self._baseline
-        leak = baseline is not None and baseline > 0 and decision_count > self.factor * baseline
-        return LeakVerdict(self._samples, count, self._count_max, decision_count, baseline, leak)
+        leak = baseline is not None and baseline > 0 and unexplained > self.factor * baseline
+        return LeakVerdict(self._samples, count, self._count_max, unexplained, baseline, leak)

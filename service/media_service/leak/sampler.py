@@ -74,7 +74,7 @@ class LeakSampler:
         census, verdict = sample.census, sample.verdict
         fields = {
             "count": verdict.count,
-            "unexplained": verdict.decision_count,
+            "unexplained": verdict.unexplained,
             "baseline": verdict.baseline,
             "factor": self.rule.factor,
             "orphaned_tasks": census.orphaned,

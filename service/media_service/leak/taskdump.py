@@ -93,7 +93,7 @@ def task_dump(
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         owner = ownership.owner_of(task)
-        state = OwnerState.NONE if owner is None else owner.state(now, grace)
+        state = OwnerState.UNOWNED if owner is None else owner.state(now, grace)
         name = coroutine_name(task.get_coro())
         group = groups.get((name, state))
         if group is None:
