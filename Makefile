@@ -32,5 +32,23 @@ test: $(VENV)/.dev tools
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run_all.py
 
+# The chart's two images, tagged with its appVersion, which is the tag the chart pulls by default.
+# Nothing is published under the default registry: push to yours and point the chart at it.
+REGISTRY       ?= ghcr.io/media-service
+TAG            ?= $(shell sed -n 's/^appVersion:[[:space:]]*//p' charts/media-service/Chart.yaml | tr -d '"')
+CONTAINER_TOOL ?= $(firstword $(foreach tool,docker podman,$(if $(shell command -v $(tool) 2>/dev/null),$(tool))))
+SERVICE_IMAGE   = $(REGISTRY)/media-service:$(TAG)
+OPERATOR_IMAGE  = $(REGISTRY)/media-operator:$(TAG)
+
+.PHONY: images push-images
+images:
+	$(if $(CONTAINER_TOOL),,$(error neither docker nor podman is on PATH; install one or set CONTAINER_TOOL))
+	$(CONTAINER_TOOL) build -f service/Dockerfile -t $(SERVICE_IMAGE) .
+	$(CONTAINER_TOOL) build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+
+push-images: images
+	$(CONTAINER_TOOL) push $(SERVICE_IMAGE)
+	$(CONTAINER_TOOL) push $(OPERATOR_IMAGE)
+
 clean:
 	rm -rf $(VENV) .tools build *.egg-info

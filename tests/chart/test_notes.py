@@ -29,6 +29,34 @@ def test_default_notes(tmp_path: Any) -> None:
     assert "DRY RUN" not in text
 
 
+IMAGE_HINT = "make push-images REGISTRY=<your registry>"
+OWN_SERVICE = {"image": {"repository": "registry.example.org/team/media-service"}}
+OWN_IMAGES = {**OWN_SERVICE, "operator": {"image": {"repository": "registry.example.org/team/media-operator"}}}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, OWN_SERVICE, {"image": {"tag": "0.2.0"}}],
+    ids=["defaults", "default-operator-image", "default-service-repository"],
+)
+def test_default_image_repositories_say_to_build_and_push_the_images(
+    values: dict[str, Any] | None, tmp_path: Any
+) -> None:
+    """Nothing is published under the chart's default repositories: the pods could not start."""
+    text = notes(values, tmp_path)
+    assert IMAGE_HINT in text
+    assert "set image.repository=<your registry>/media-service" in text
+
+
+@pytest.mark.parametrize(
+    "values",
+    [OWN_IMAGES, {**OWN_SERVICE, "operator": {"enabled": False}}],
+    ids=["own-images", "own-service-image-without-operator"],
+)
+def test_own_image_repositories_need_no_build_hint(values: dict[str, Any], tmp_path: Any) -> None:
+    assert IMAGE_HINT not in notes(values, tmp_path)
+
+
 @pytest.mark.parametrize("values", [
     {"hostNetwork": True},
     {"ice": {"existingSecret": "turn"}},

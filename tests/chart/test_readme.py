@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from tests.chart.render import CHART
 from tests.chart.values_doc import BEGIN, END, documented_keys, table
+from tests.support.tools import REPO
 
 README = CHART / "README.md"
 
@@ -40,6 +42,16 @@ def test_table_generator_sees_a_new_comment() -> None:
 def test_readme_shows_install_with_the_values_people_change_first() -> None:
     text = README.read_text()
     assert "helm install media charts/media-service" in text
-    for value in ("image.tag", "ice.existingSecret", "hostNetwork", "metrics.serviceMonitor.labels",
-                  "alerts.labels", "operator.maxQuarantined"):
+    for value in ("image.repository", "image.tag", "ice.existingSecret", "hostNetwork",
+                  "metrics.serviceMonitor.labels", "alerts.labels", "operator.maxQuarantined"):
         assert value in text.split("## WebRTC reachability")[0], value
+
+
+def test_relative_links_stay_in_the_repository() -> None:
+    """The README is read in the repository: no link to a file outside it, or to none."""
+    targets = re.findall(r"\]\((?!https?:|#)([^)#]+)", README.read_text())
+    assert "../../docs/architecture.md" in targets
+    for target in targets:
+        path = (README.parent / target).resolve()
+        assert path.is_file(), target
+        assert path.is_relative_to(REPO), target
