@@ -219,8 +219,10 @@ def drops_from_log(log: Path) -> dict[str, tuple[float, str]]:
         if '"ws_client_dropped"' not in line:
             continue
         event = json.loads(line)
-        drops[event["device"]] = (datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp(),
-                                  event["reason"])
+        drops[event["device"]] = (
+            datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp(),
+            event["reason"],
+        )
     return drops
 
 
@@ -260,11 +262,13 @@ async def run(args: argparse.Namespace) -> dict:
             # Non-readers first: a fan-out reaches clients in the order they connected, so their
             # sockets fill, and their sends block, right after the sender's fill messages.
             host, port = target_address(target.ws_url)
-            slow = list(await asyncio.gather(*(NonReader.open(host, port, f"/ws?user=room&device=n{i}")
-                                               for i in range(n_slow))))
+            slow = list(
+                await asyncio.gather(*(NonReader.open(host, port, f"/ws?user=room&device=n{i}") for i in range(n_slow)))
+            )
             for start in range(0, n_healthy, 50):
-                healthy += await asyncio.gather(*(Healthy.open(target.ws_url, f"h{i}", sent_at)
-                                                  for i in range(start, min(start + 50, n_healthy))))
+                healthy += await asyncio.gather(
+                    *(Healthy.open(target.ws_url, f"h{i}", sent_at) for i in range(start, min(start + 50, n_healthy)))
+                )
             clients_gauge = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
             timeouts_before = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
 
@@ -285,18 +289,24 @@ async def run(args: argparse.Namespace) -> dict:
             for seq in range(args.messages):
                 await asyncio.sleep(max(0.0, started + seq * interval - time.perf_counter()))
                 sent_at[seq] = time.time_ns()
-                await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": "p" * args.size}}))
+                await sender.send(
+                    json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": "p" * args.size}})
+                )
                 if counter_at is None and seq % args.rate == 0:
                     dropped = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
                     if dropped - timeouts_before >= n_slow:
                         counter_at = time.time()
-            await wait_for(lambda: all(c.seen >= FILL_MESSAGES + args.messages for c in healthy), 60, "steady delivered")
+            await wait_for(
+                lambda: all(c.seen >= FILL_MESSAGES + args.messages for c in healthy), 60, "steady delivered"
+            )
             wall = time.perf_counter() - started
             cpu_bench = time.process_time() - cpu_bench
             if target.pid and cpu_server is not None:
                 cpu_server = cpu_seconds(target.pid) - cpu_server
 
-            timeouts = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total") - timeouts_before
+            timeouts = (
+                await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total") - timeouts_before
+            )
             clients_after = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
             healthy_closed = sum(1 for c in healthy if c.closed_by_server)
             latencies = [x for c in healthy for x in c.latencies]
@@ -322,7 +332,8 @@ async def run(args: argparse.Namespace) -> dict:
                 "cpu_us_per_delivery": {
                     "benchmark": round(1e6 * cpu_bench / max(1, n_healthy * args.messages), 1),
                     "service": round(1e6 * cpu_server / max(1, n_healthy * args.messages), 1)
-                    if cpu_server is not None else None,
+                    if cpu_server is not None
+                    else None,
                 },
                 "deliveries": len(latencies),
                 "deliveries_expected": n_healthy * args.messages,
@@ -339,9 +350,15 @@ async def run(args: argparse.Namespace) -> dict:
                 drops = drops_from_log(target.log)
                 after = sorted(t - blocked_at for d, (t, _) in drops.items() if d.startswith("n"))
                 result["non_readers_dropped"] = len(after)
-                result["drop_after_blocked_s"] = {
-                    "min": round(after[0], 3), "p50": round(statistics.median(after), 3), "max": round(after[-1], 3),
-                } if after else None
+                result["drop_after_blocked_s"] = (
+                    {
+                        "min": round(after[0], 3),
+                        "p50": round(statistics.median(after), 3),
+                        "max": round(after[-1], 3),
+                    }
+                    if after
+                    else None
+                )
                 result["drop_reasons"] = sorted({reason for _, reason in drops.values()})
                 result["healthy_dropped"] = sorted(d for d in drops if not d.startswith("n"))
             elif counter_at is not None:

@@ -60,9 +60,7 @@ async def task_creation(count: int, repeats: int) -> dict[str, float]:
     return {name: _best(values) / count * 1e6 for name, values in results.items()}
 
 
-async def _with_pending_tasks(
-    count: int, measure: Callable[[TaskOwnership], object], repeats: int
-) -> dict[str, float]:
+async def _with_pending_tasks(count: int, measure: Callable[[TaskOwnership], object], repeats: int) -> dict[str, float]:
     """Milliseconds for ``measure`` with ``count`` pending tasks, half of them owned by 100 owners."""
     loop = asyncio.get_running_loop()
     ownership = TaskOwnership()
@@ -98,9 +96,7 @@ async def run(counts: list[int], repeats: int) -> dict[str, Any]:
     report["census_ms"] = {
         n: await _with_pending_tasks(n, lambda o: take_census(o, grace=30.0), repeats) for n in counts
     }
-    report["dump_ms"] = {
-        n: await _with_pending_tasks(n, lambda o: task_dump(o, grace=30.0), repeats) for n in counts
-    }
+    report["dump_ms"] = {n: await _with_pending_tasks(n, lambda o: task_dump(o, grace=30.0), repeats) for n in counts}
     return report
 
 

@@ -72,8 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="naive aiortc echo server (benchmark reference)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--ice-host", action="append", default=None,
-                        help="address offered as ICE host candidate (repeatable; default 127.0.0.1)")
+    parser.add_argument(
+        "--ice-host",
+        action="append",
+        default=None,
+        help="address offered as ICE host candidate (repeatable; default 127.0.0.1)",
+    )
     args = parser.parse_args()
     restrict_host_addresses(args.ice_host or ["127.0.0.1"])
     app = web.Application()

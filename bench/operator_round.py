@@ -103,18 +103,21 @@ class FakeFleet:
         self.scrapes = 0
         self._runner: web.AppRunner | None = None
         # Pre-rendered: the server must cost less than the operator it measures.
-        self._bodies = {leak: EXPOSITION.format(leak=int(leak), count=900 if leak else 60).encode()
-                        for leak in (False, True)}
+        self._bodies = {
+            leak: EXPOSITION.format(leak=int(leak), count=900 if leak else 60).encode() for leak in (False, True)
+        }
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.scrapes += 1
         ip = request.transport.get_extra_info("sockname")[0] if request.transport else ""
-        return web.Response(body=self._bodies[ip in self.leaky],
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(
+            body=self._bodies[ip in self.leaky], headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     async def tasks(self, request: web.Request) -> web.Response:
-        return web.json_response({"tasks": 900, "groups": [
-            {"coroutine": "app.handlers.forgotten_poll", "owner": "unowned", "count": 840}]})
+        return web.json_response(
+            {"tasks": 900, "groups": [{"coroutine": "app.handlers.forgotten_poll", "owner": "unowned", "count": 840}]}
+        )
 
     async def drain(self, request: web.Request) -> web.Response:
         return web.json_response({"draining": True}, status=202)
@@ -148,9 +151,14 @@ async def run(pods: int, interval: float, confirm: float) -> dict[str, object]:
         async with cluster() as k8s:
             names = [k8s.seed_pod(pod_ip(i), f"media-{i:04d}") for i in range(pods)]
             with tempfile.TemporaryDirectory(prefix="operator-bench-") as tmp:
-                env = {"MEDIA_OPERATOR_SCRAPE_INTERVAL": str(interval), "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3",
-                       "MEDIA_OPERATOR_CONFIRM_SECONDS": str(confirm), "MEDIA_OPERATOR_COOLDOWN_SECONDS": "300",
-                       "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "900", "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "50"}
+                env = {
+                    "MEDIA_OPERATOR_SCRAPE_INTERVAL": str(interval),
+                    "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3",
+                    "MEDIA_OPERATOR_CONFIRM_SECONDS": str(confirm),
+                    "MEDIA_OPERATOR_COOLDOWN_SECONDS": "300",
+                    "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "900",
+                    "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "50",
+                }
                 op = await start_operator(Path(tmp), k8s, port, env, pods=pods)
                 await op.rounds(1, pods=pods, timeout=120)
                 return await measure(k8s, op, fleet, names, interval, confirm)
@@ -160,8 +168,9 @@ async def run(pods: int, interval: float, confirm: float) -> dict[str, object]:
         await fleet.stop()
 
 
-async def measure(k8s: Cluster, op: OperatorProcess, fleet: FakeFleet, names: list[str],
-                  interval: float, confirm: float) -> dict[str, object]:
+async def measure(
+    k8s: Cluster, op: OperatorProcess, fleet: FakeFleet, names: list[str], interval: float, confirm: float
+) -> dict[str, object]:
     victim = len(names) // 3
     rounds: list[float] = []
 
@@ -211,8 +220,12 @@ def main() -> int:
         parser.error("--pods must be within 1..2000 (one loopback address each)")
     result = asyncio.run(run(args.pods, args.interval, args.confirm))
     print(json.dumps(result, indent=2))
-    ok = (result["round_s_max"] <= 5 and result["operator_cpu_percent_of_one_core"] < 20
-          and result["detection_latency_s"] <= result["detection_bound_s"] and result["quarantined_others"] == 0)
+    ok = (
+        result["round_s_max"] <= 5
+        and result["operator_cpu_percent_of_one_core"] < 20
+        and result["detection_latency_s"] <= result["detection_bound_s"]
+        and result["quarantined_others"] == 0
+    )
     return 0 if ok else 1
 
 

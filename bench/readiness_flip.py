@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from media_service.ice import restrict_host_addresses  # noqa: E402
-from tests.support.media_process import MediaProcess, start_media_service  # noqa: E402
-from tests.support.peers import SignalingClient, open_session  # noqa: E402
+from media_service.ice import restrict_host_addresses
+from tests.support.media_process import MediaProcess, start_media_service
+from tests.support.peers import SignalingClient, open_session
 
 TARGET_MS = 100.0
 

@@ -43,9 +43,14 @@ BENCHES = (
     Bench("hub_fanout.py", timeout=120.0, extra={"quick": ("--clients", "200", "--messages", "20")}),
     # Production settings (15 s interval, 120 s confirmation) take minutes alone; these short
     # settings keep the whole run within 5½ minutes (round time and CPU are per round anyway).
-    Bench("operator_round.py", timeout=150.0, extra={"full": ("--interval", "2", "--confirm", "10"),
-                                                      "quick": ("--pods", "100", "--interval", "2",
-                                                                "--confirm", "10")}),
+    Bench(
+        "operator_round.py",
+        timeout=150.0,
+        extra={
+            "full": ("--interval", "2", "--confirm", "10"),
+            "quick": ("--pods", "100", "--interval", "2", "--confirm", "10"),
+        },
+    ),
 )
 
 
@@ -90,8 +95,9 @@ def run_one(bench: Bench, quick: bool, timeout: float) -> dict[str, Any]:
     command = [sys.executable, str(path), *args]
     say(f"{bench.script} {' '.join(args)} (up to {timeout:.0f} s)")
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
         status = "ok" if proc.returncode == 0 else "failed"
@@ -102,9 +108,12 @@ def run_one(bench: Bench, quick: bool, timeout: float) -> dict[str, Any]:
     except BaseException:
         stop_group(proc)
         raise
-    out: dict[str, Any] = {"status": status, "returncode": proc.returncode,
-                           "seconds": round(time.perf_counter() - started, 1),
-                           "command": " ".join(["python", f"bench/{bench.script}", *args])}
+    out: dict[str, Any] = {
+        "status": status,
+        "returncode": proc.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": " ".join(["python", f"bench/{bench.script}", *args]),
+    }
     try:
         out["result"] = parse_json(stdout)
         if status == "failed":
@@ -121,8 +130,9 @@ def run_one(bench: Bench, quick: bool, timeout: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run the bench/ benchmarks and print one JSON document")
     parser.add_argument("--quick", action="store_true", help="smoke run (passed on to benchmarks that take it)")
-    parser.add_argument("--only", action="append", metavar="NAME",
-                        help="run only this benchmark, e.g. sessions (repeatable)")
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="run only this benchmark, e.g. sessions (repeatable)"
+    )
     parser.add_argument("--budget", type=float, default=330.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget
@@ -143,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_one(bench, args.quick, min(bench.timeout, left))
     document = {
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "seconds": round(time.perf_counter() - started, 1),
         "benchmarks": results,
     }

@@ -87,9 +87,20 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(warmup=1, latency_sessions=10, latency_concurrency=5, residue_sessions=20,
-             residue_concurrency=5, residue_window_s=2.0, vanish_sessions=10, idle_sessions=10,
-             video_sessions=1, video_window_s=2.0, metrics_steps=(0, 10), metrics_scrapes=10)
+QUICK = Plan(
+    warmup=1,
+    latency_sessions=10,
+    latency_concurrency=5,
+    residue_sessions=20,
+    residue_concurrency=5,
+    residue_window_s=2.0,
+    vanish_sessions=10,
+    idle_sessions=10,
+    video_sessions=1,
+    video_window_s=2.0,
+    metrics_steps=(0, 10),
+    metrics_scrapes=10,
+)
 
 
 def say(message: str) -> None:
@@ -97,6 +108,7 @@ def say(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- /proc readings
+
 
 @dataclass(frozen=True)
 class ProcSample:
@@ -110,7 +122,7 @@ def proc_sample(pid: int) -> ProcSample:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     stat = Path(f"/proc/{pid}/stat").read_text()
-    after_name = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
+    after_name = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on
     utime, stime = int(after_name[11]), int(after_name[12])
     return ProcSample(
         threads=int(fields["Threads"].strip()),
@@ -134,8 +146,9 @@ class PeakSampler:
             with contextlib.suppress(OSError):
                 s = proc_sample(self.pid)
                 p = self.peak
-                self.peak = ProcSample(max(p.threads, s.threads), max(p.fds, s.fds),
-                                       max(p.rss_kb, s.rss_kb), s.cpu_ticks)
+                self.peak = ProcSample(
+                    max(p.threads, s.threads), max(p.fds, s.fds), max(p.rss_kb, s.rss_kb), s.cpu_ticks
+                )
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()
@@ -147,6 +160,7 @@ class PeakSampler:
 
 
 # ----------------------------------------------------------------------------- the two servers
+
 
 @dataclass
 class Opened:
@@ -185,8 +199,9 @@ class ServiceTarget(Target):
         # Scrapes reuse one connection, as Prometheus does; stats use a connection each, so
         # that no idle keep-alive socket of ours is counted as the server's residue.
         self._http = httpx.AsyncClient(base_url=admin_url, timeout=10)
-        self._stats_http = httpx.AsyncClient(base_url=admin_url, timeout=10,
-                                             limits=httpx.Limits(max_keepalive_connections=0))
+        self._stats_http = httpx.AsyncClient(
+            base_url=admin_url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def open(self, *, video: bool = False, data: bool = True) -> Opened:
         self._next += 1
@@ -258,8 +273,9 @@ class NaiveTarget(Target):
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
         # A connection per request: idle keep-alive sockets would count as the server's residue.
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT),
-                                           connector=aiohttp.TCPConnector(force_close=True))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT), connector=aiohttp.TCPConnector(force_close=True)
+        )
 
     async def open(self, *, video: bool = False, data: bool = True) -> Opened:
         peer = make_peer(video=video, data=data)
@@ -308,7 +324,8 @@ async def running_naive(workdir: Path) -> AsyncIterator[Target]:
     with (workdir / f"naive-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "naive_server.py"), "--host", HOST, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     target = NaiveTarget(f"http://{HOST}:{port}", proc.pid)
     try:
@@ -340,6 +357,7 @@ def running(kind: str, workdir: Path) -> contextlib.AbstractAsyncContextManager[
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
@@ -400,6 +418,7 @@ def mb(kb: float) -> float:
 
 # ----------------------------------------------------------------------------- phases
 
+
 async def latency(target: Target, plan: Plan) -> dict[str, Any]:
     async def session(i: int) -> Opened:
         opened = await target.open()
@@ -412,17 +431,25 @@ async def latency(target: Target, plan: Plan) -> dict[str, Any]:
 
     results = await bounded(plan.latency_sessions, plan.latency_concurrency, session)
     ok = [r for r in results if isinstance(r, Opened)]
-    out: dict[str, Any] = {"sessions": plan.latency_sessions, "concurrency": plan.latency_concurrency,
-                           **errors_of(results)}
+    out: dict[str, Any] = {
+        "sessions": plan.latency_sessions,
+        "concurrency": plan.latency_concurrency,
+        **errors_of(results),
+    }
     if ok:
         answer = [o.offer_answer_s for o in ok]
         connected = [o.offer_connected_s for o in ok]
-        out.update({
-            "offer_answer_ms": {"p50": ms(pct(answer, 50)), "p90": ms(pct(answer, 90)), "max": ms(max(answer))},
-            "offer_connected_ms": {"p50": ms(pct(connected, 50)), "p90": ms(pct(connected, 90)),
-                                   "max": ms(max(connected))},
-            "over_1s": sum(1 for c in connected if c > 1.0),
-        })
+        out.update(
+            {
+                "offer_answer_ms": {"p50": ms(pct(answer, 50)), "p90": ms(pct(answer, 90)), "max": ms(max(answer))},
+                "offer_connected_ms": {
+                    "p50": ms(pct(connected, 50)),
+                    "p90": ms(pct(connected, 90)),
+                    "max": ms(max(connected)),
+                },
+                "over_1s": sum(1 for c in connected if c > 1.0),
+            }
+        )
     return out
 
 
@@ -465,12 +492,18 @@ async def residue(target: Target, plan: Plan) -> dict[str, Any]:
         peak = sampler.peak
     extra = [t for fd, t in fd_targets(target.pid).items() if idle_fds.get(fd) != t]
     return {
-        "sessions": plan.residue_sessions, "concurrency": plan.residue_concurrency,
-        "churn_seconds": round(churn_s, 1), **errors_of(results),
+        "sessions": plan.residue_sessions,
+        "concurrency": plan.residue_concurrency,
+        "churn_seconds": round(churn_s, 1),
+        **errors_of(results),
         "threads": {"idle": idle.threads, "peak": peak.threads, "after_5s": after.threads},
         "fds": {"idle": idle.fds, "peak": peak.fds, "after_5s": after.fds, "extra_after_5s": fd_kinds(extra)},
-        "rss_mb": {"idle": mb(idle.rss_kb), "peak": mb(peak.rss_kb), "midway": mb(midway.rss_kb),
-                   "after_5s": mb(after.rss_kb)},
+        "rss_mb": {
+            "idle": mb(idle.rss_kb),
+            "peak": mb(peak.rss_kb),
+            "midway": mb(midway.rss_kb),
+            "after_5s": mb(after.rss_kb),
+        },
         "rss_growth_mb": mb(after.rss_kb - idle.rss_kb),
         "rss_growth_second_half_mb": mb(after.rss_kb - midway.rss_kb),
         "seconds_to_idle": back,  # None: not back to the idle count within the window
@@ -478,9 +511,7 @@ async def residue(target: Target, plan: Plan) -> dict[str, Any]:
     }
 
 
-async def watch_back_to_idle(
-    pid: int, idle: ProcSample, window_s: float
-) -> tuple[dict[str, float | None], ProcSample]:
+async def watch_back_to_idle(pid: int, idle: ProcSample, window_s: float) -> tuple[dict[str, float | None], ProcSample]:
     """Sample the process for ``window_s``: seconds until its threads and fds were back to the idle
     counts (None: not within the window), and the last sample."""
     start = time.monotonic()
@@ -502,11 +533,16 @@ async def vanish(target: Target, plan: Plan) -> dict[str, Any]:
     server's threads, fds and sessions are watched for the residue window."""
     stats_idle = await target.stats()
     idle = await settle(target.pid)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR.parent),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR.parent), os.environ.get("PYTHONPATH")])),
+    }
     child = subprocess.Popen(
         [sys.executable, __file__, "--vanishing-client", target.name, target.url, str(plan.vanish_sessions)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 90)  # type: ignore[union-attr]
@@ -518,7 +554,8 @@ async def vanish(target: Target, plan: Plan) -> dict[str, Any]:
         await asyncio.to_thread(child.wait)
     back, s = await watch_back_to_idle(target.pid, idle, plan.residue_window_s)
     return {
-        "sessions": plan.vanish_sessions, "client": opened,
+        "sessions": plan.vanish_sessions,
+        "client": opened,
         "threads": {"idle": idle.threads, "held": held.threads, "after_5s": s.threads},
         "fds": {"idle": idle.fds, "held": held.fds, "after_5s": s.fds},
         "seconds_to_idle": back,
@@ -529,8 +566,9 @@ async def vanish(target: Target, plan: Plan) -> dict[str, Any]:
 async def vanishing_client(kind: str, url: str, count: int) -> None:
     """The child process of ``vanish``: open sessions, say so on stdout, wait to be killed."""
     restrict_host_addresses([HOST])
-    target: Target = ServiceTarget(url, url.replace("ws://", "http://"), 0) if kind == "service" \
-        else NaiveTarget(url, 0)
+    target: Target = (
+        ServiceTarget(url, url.replace("ws://", "http://"), 0) if kind == "service" else NaiveTarget(url, 0)
+    )
     results = await bounded(count, 10, lambda i: target.open())
     print(json.dumps({"opened": sum(isinstance(r, Opened) for r in results), **errors_of(results)}), flush=True)
     await asyncio.sleep(120)  # bounded: killed long before this
@@ -541,7 +579,8 @@ async def idle_rss(target: Target, plan: Plan) -> dict[str, Any]:
     sessions, errors = await open_many(target, plan.idle_sessions, plan.open_concurrency)
     held = await settle(target.pid, 2.0)
     out = {
-        "sessions_held": len(sessions), **errors,
+        "sessions_held": len(sessions),
+        **errors,
         "rss_mb": {"before": mb(before.rss_kb), "held": mb(held.rss_kb)},
         "rss_per_session_mb": round((held.rss_kb - before.rss_kb) / 1024 / max(1, len(sessions)), 3),
         "fds_per_session": round((held.fds - before.fds) / max(1, len(sessions)), 2),
@@ -559,8 +598,7 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
     idle_pct = (b.cpu_ticks - a.cpu_ticks) / CLK_TCK / idle_window * 100
 
     sessions: list[Opened] = []
-    results = await bounded(plan.video_sessions, plan.video_sessions,
-                            lambda i: target.open(video=True, data=False))
+    results = await bounded(plan.video_sessions, plan.video_sessions, lambda i: target.open(video=True, data=False))
     sessions = [r for r in results if isinstance(r, Opened)]
     out: dict[str, Any] = {"sessions": len(sessions), **errors_of(results), "window_s": plan.video_window_s}
     try:
@@ -575,18 +613,20 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
             c1, m1, t1 = proc_sample(target.pid), proc_sample(me), time.perf_counter()
             window = t1 - t0
             total_pct = (c1.cpu_ticks - c0.cpu_ticks) / CLK_TCK / window * 100
-            received = [o.peer.frames_received - f for o, f in zip(sessions, frames0)]
-            sent = [o.peer.video.sent - s for o, s in zip(sessions, sent0) if o.peer.video]
-            out.update({
-                "server_cpu_pct_idle": round(idle_pct, 2),
-                "server_cpu_pct_total": round(total_pct, 2),
-                "cpu_pct_per_session": round((total_pct - idle_pct) / len(sessions), 2),
-                "sent_fps_per_session": round(sum(sent) / len(sent) / window, 1) if sent else None,
-                "echoed_fps_per_session": round(sum(received) / len(received) / window, 1),
-                "server_threads": c1.threads,
-                # The client peers encode and decode too, on the same cores: contention to keep in mind.
-                "client_cpu_pct_total": round((m1.cpu_ticks - m0.cpu_ticks) / CLK_TCK / window * 100, 2),
-            })
+            received = [o.peer.frames_received - f for o, f in zip(sessions, frames0, strict=False)]
+            sent = [o.peer.video.sent - s for o, s in zip(sessions, sent0, strict=False) if o.peer.video]
+            out.update(
+                {
+                    "server_cpu_pct_idle": round(idle_pct, 2),
+                    "server_cpu_pct_total": round(total_pct, 2),
+                    "cpu_pct_per_session": round((total_pct - idle_pct) / len(sessions), 2),
+                    "sent_fps_per_session": round(sum(sent) / len(sent) / window, 1) if sent else None,
+                    "echoed_fps_per_session": round(sum(received) / len(received) / window, 1),
+                    "server_threads": c1.threads,
+                    # The client peers encode and decode too, on the same cores: contention to keep in mind.
+                    "client_cpu_pct_total": round((m1.cpu_ticks - m0.cpu_ticks) / CLK_TCK / window * 100, 2),
+                }
+            )
     finally:
         await close_all(target, sessions)
     # Decoder and encoder threads are per track: they should end with their sessions.
@@ -596,8 +636,11 @@ async def video_cpu(target: Target, plan: Plan) -> dict[str, Any]:
             threads_back = round(time.monotonic() - closed_at, 2)
             break
         await asyncio.sleep(0.1)
-    out["threads_after_close"] = {"idle": a.threads, "after": proc_sample(target.pid).threads,
-                                  "seconds_to_idle": threads_back}
+    out["threads_after_close"] = {
+        "idle": a.threads,
+        "after": proc_sample(target.pid).threads,
+        "seconds_to_idle": threads_back,
+    }
     return out
 
 
@@ -618,14 +661,24 @@ async def metrics_scrape(target: ServiceTarget, plan: Plan) -> dict[str, Any]:
                 times.append(await target.scrape_ms())
                 await asyncio.sleep(0.05)
             sample = proc_sample(target.pid)
-            steps.append({"sessions": len(held), "p50_ms": round(pct(times, 50), 2),
-                          "p90_ms": round(pct(times, 90), 2), "max_ms": round(max(times), 2),
-                          "server_rss_mb": mb(sample.rss_kb), "server_fds": sample.fds})
+            steps.append(
+                {
+                    "sessions": len(held),
+                    "p50_ms": round(pct(times, 50), 2),
+                    "p90_ms": round(pct(times, 90), 2),
+                    "max_ms": round(max(times), 2),
+                    "server_rss_mb": mb(sample.rss_kb),
+                    "server_fds": sample.fds,
+                }
+            )
             say(f"metrics: {steps[-1]}")
     finally:
         await close_all(target, held)
-    out: dict[str, Any] = {"scrapes_per_step": plan.metrics_scrapes, "steps": steps,
-                           "target_sessions": plan.metrics_target_sessions}
+    out: dict[str, Any] = {
+        "scrapes_per_step": plan.metrics_scrapes,
+        "steps": steps,
+        "target_sessions": plan.metrics_target_sessions,
+    }
     measured = [s for s in steps if s["sessions"] >= plan.metrics_target_sessions]
     if measured:
         out["at_target"] = {"measured": True, "p50_ms": measured[0]["p50_ms"], "p90_ms": measured[0]["p90_ms"]}
@@ -636,11 +689,14 @@ async def metrics_scrape(target: ServiceTarget, plan: Plan) -> dict[str, Any]:
         xs = [s["sessions"] for s in steps]
         ys = [s["p90_ms"] for s in steps]
         mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=False)) / sum(
+            (x - mean_x) ** 2 for x in xs
+        )
         out["at_target"] = {
             "measured": False,
             "extrapolated_p90_ms": round(max(max(ys), mean_y + slope * (plan.metrics_target_sessions - mean_x)), 2),
-            "from_sessions": xs, "slope_ms_per_100_sessions": round(slope * 100, 3),
+            "from_sessions": xs,
+            "slope_ms_per_100_sessions": round(slope * 100, 3),
             "note": f"linear extrapolation of p90 from {xs[-1]} to {plan.metrics_target_sessions} open sessions",
         }
     else:
@@ -651,8 +707,12 @@ async def metrics_scrape(target: ServiceTarget, plan: Plan) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 
 PHASES: dict[str, Callable[[Any, Plan], Awaitable[dict[str, Any]]]] = {
-    "latency": latency, "residue": residue, "vanish": vanish, "idle_rss": idle_rss,
-    "video_cpu": video_cpu, "metrics_scrape": metrics_scrape,
+    "latency": latency,
+    "residue": residue,
+    "vanish": vanish,
+    "idle_rss": idle_rss,
+    "video_cpu": video_cpu,
+    "metrics_scrape": metrics_scrape,
 }
 
 
@@ -700,20 +760,31 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     checks: dict[str, tuple[Callable[[str], Any], float]] = {
         "offer_answer_p50_ms": (lambda k: get(k, "latency", "offer_answer_ms", "p50"), TARGETS["offer_answer_p50_ms"]),
-        "offer_connected_p90_ms": (lambda k: get(k, "latency", "offer_connected_ms", "p90"),
-                                   TARGETS["offer_connected_p90_ms"]),
-        "offer_connected_max_ms": (lambda k: get(k, "latency", "offer_connected_ms", "max"),
-                                   TARGETS["offer_connected_max_ms"]),
+        "offer_connected_p90_ms": (
+            lambda k: get(k, "latency", "offer_connected_ms", "p90"),
+            TARGETS["offer_connected_p90_ms"],
+        ),
+        "offer_connected_max_ms": (
+            lambda k: get(k, "latency", "offer_connected_ms", "max"),
+            TARGETS["offer_connected_max_ms"],
+        ),
         "residue_back_to_idle_s": (back_within, TARGETS["residue_back_to_idle_s"]),
         "residue_rss_growth_mb": (lambda k: get(k, "residue", "rss_growth_mb"), TARGETS["residue_rss_growth_mb"]),
-        "rss_per_idle_session_mb": (lambda k: get(k, "idle_rss", "rss_per_session_mb"),
-                                    TARGETS["rss_per_idle_session_mb"]),
-        "cpu_per_video_session_pct": (lambda k: get(k, "video_cpu", "cpu_pct_per_session"),
-                                      TARGETS["cpu_per_video_session_pct"]),
+        "rss_per_idle_session_mb": (
+            lambda k: get(k, "idle_rss", "rss_per_session_mb"),
+            TARGETS["rss_per_idle_session_mb"],
+        ),
+        "cpu_per_video_session_pct": (
+            lambda k: get(k, "video_cpu", "cpu_pct_per_session"),
+            TARGETS["cpu_per_video_session_pct"],
+        ),
         "metrics_scrape_ms_at_500": (
-            lambda k: get(k, "metrics_scrape", "at_target", "p90_ms")
-            or get(k, "metrics_scrape", "at_target", "extrapolated_p90_ms"),
-            TARGETS["metrics_scrape_ms_at_500"]),
+            lambda k: (
+                get(k, "metrics_scrape", "at_target", "p90_ms")
+                or get(k, "metrics_scrape", "at_target", "extrapolated_p90_ms")
+            ),
+            TARGETS["metrics_scrape_ms_at_500"],
+        ),
     }
     out: dict[str, Any] = {}
     for name, (read, target) in checks.items():
@@ -725,9 +796,11 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if name == "residue_back_to_idle_s":
             row["note"] = "None: threads or fds not back to the idle count within the 5 s window"
         if name == "metrics_scrape_ms_at_500" and get("service", "metrics_scrape", "at_target", "measured") is False:
-            row["note"] = ("extrapolated, not measured at 500 sessions"
-                           if get("service", "metrics_scrape", "at_target", "extrapolated_p90_ms") is not None
-                           else "not measured at 500 sessions")
+            row["note"] = (
+                "extrapolated, not measured at 500 sessions"
+                if get("service", "metrics_scrape", "at_target", "extrapolated_p90_ms") is not None
+                else "not measured at 500 sessions"
+            )
         out[name] = row
     return out
 
@@ -754,9 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "benchmark": "sessions",
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                    "python": platform.python_version(), "aiortc": aiortc.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "aiortc": aiortc.__version__,
+        },
         "plan": dataclasses.asdict(plan),
         "targets": TARGETS,
         "results": results,

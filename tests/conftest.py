@@ -48,5 +48,8 @@ async def no_leaks() -> AsyncIterator[None]:
             return
         if time.monotonic() > deadline:
             names = sorted(t.get_coro().__qualname__ for t in tasks)
-            pytest.fail(f"leaked: tasks {names}, threads {threads_before}->{threads} {[t.name for t in threading.enumerate()]}, fds {fds_before}->{fds}")
+            thread_names = [t.name for t in threading.enumerate()]
+            pytest.fail(
+                f"leaked: tasks {names}, threads {threads_before}->{threads} {thread_names}, fds {fds_before}->{fds}"
+            )
         await asyncio.sleep(0.05)

@@ -6,7 +6,9 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from media_service import config, logs
+from media_common import logs
+from media_common.settings import SettingsError
+from media_service import config
 from media_service.ice import restrict_host_addresses
 from media_service.server import ListenError, Runner
 
@@ -14,10 +16,10 @@ from media_service.server import ListenError, Runner
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load(argv)
-    except config.ConfigError as exc:
+    except SettingsError as exc:
         print(f"media-service: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, own="media_service")
     restrict_host_addresses(settings.ice_host_addresses)
     try:
         return asyncio.run(Runner(settings).run())

@@ -46,8 +46,13 @@ async def signaling(websocket: WebSocket) -> None:
     device = websocket.query_params.get("device") or secrets.token_hex(4)
     await websocket.accept()
     if not (NAME.fullmatch(user) and NAME.fullmatch(device)):
-        await websocket.send_json({"type": "error", "code": "bad_request",
-                                   "message": "user and device are 1-128 characters of A-Z a-z 0-9 . _ @ : + -"})
+        await websocket.send_json(
+            {
+                "type": "error",
+                "code": "bad_request",
+                "message": "user and device are 1-128 characters of A-Z a-z 0-9 . _ @ : + -",
+            }
+        )
         await websocket.close(1008, "invalid user or device")
         return
     if service.lifecycle.draining:
@@ -83,11 +88,14 @@ def _owned(service: MediaService) -> list[Middleware]:
 
 
 def public_app(service: MediaService) -> Starlette:
-    app = Starlette(middleware=_owned(service), routes=[
-        Route("/", demo_page, methods=["GET"]),
-        WebSocketRoute("/ws", signaling),
-        *whip_routes(service),
-    ])
+    app = Starlette(
+        middleware=_owned(service),
+        routes=[
+            Route("/", demo_page, methods=["GET"]),
+            WebSocketRoute("/ws", signaling),
+            *whip_routes(service),
+        ],
+    )
     app.state.service = service
     return app
 
@@ -105,15 +113,17 @@ def admin_app(service: MediaService, start_drain: Callable[[str], None]) -> Star
 
     async def drain(request: Request) -> JSONResponse:
         start_drain("admin")
-        return JSONResponse({"status": service.lifecycle.state.value,
-                             "sessions": len(service.sessions)}, 202)
+        return JSONResponse({"status": service.lifecycle.state.value, "sessions": len(service.sessions)}, 202)
 
-    app = Starlette(middleware=_owned(service), routes=[
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/admin/drain", drain, methods=["POST"]),
-        *leak_routes(service.leaks, fault_injection=service.settings.fault_injection),
-    ])
+    app = Starlette(
+        middleware=_owned(service),
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/drain", drain, methods=["POST"]),
+            *leak_routes(service.leaks, fault_injection=service.settings.fault_injection),
+        ],
+    )
     app.state.service = service
     return app

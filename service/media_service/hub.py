@@ -25,13 +25,13 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import Iterator
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Protocol
 
-from media_service.logs import get as get_logger
+from media_common import logs
 from media_service.metrics import ServiceMetrics
 
-log = get_logger(__name__)
+log = logs.get(__name__)
 
 # 1013 "Try Again Later": the drop is a transient, server-side capacity decision (the client or its
 # network was too slow for a moment), so the client should reconnect with backoff. 1008 "Policy
@@ -54,7 +54,7 @@ class _State(Enum):
     GONE = "gone"  # disconnected or its connection failed: nothing more to send
 
 
-class DropReason(str, Enum):
+class DropReason(StrEnum):
     SEND_TIMEOUT = "send_timeout"  # one websocket send took longer than send_timeout
     QUEUE_FULL = "queue_full"  # the queue stayed full for send_timeout, or the waiting overflowed
     DISCONNECTED = "disconnected"  # the endpoint ended the connection
@@ -66,8 +66,19 @@ class Client:
     """One WebSocket connection of a device. ``closed`` is set once it leaves the hub."""
 
     __slots__ = (
-        "user", "device", "sink", "closed", "reason",
-        "_state", "_queue", "_waiter", "_stall", "_interrupted", "_close", "_flush_deadline", "_writer",
+        "_close",
+        "_flush_deadline",
+        "_interrupted",
+        "_queue",
+        "_stall",
+        "_state",
+        "_waiter",
+        "_writer",
+        "closed",
+        "device",
+        "reason",
+        "sink",
+        "user",
     )
 
     def __init__(self, user: str, device: str, sink: MessageSink) -> None:
@@ -312,10 +323,7 @@ class Hub:
             if client._stall is not None and len(queue) <= self._buffer:
                 client._stall.cancel()  # the waiting messages are all in the queue now
                 client._stall = None
-            if state is _State.CLOSING:
-                deadline = client._flush_deadline
-            else:
-                deadline = loop.time() + self._send_timeout
+            deadline = client._flush_deadline if state is _State.CLOSING else loop.time() + self._send_timeout
             sending[client] = deadline
             watchdog = self._watchdog
             if watchdog is None or watchdog.when() > deadline:

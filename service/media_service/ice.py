@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
-_discover_all: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+_discover_all = aioice.ice.get_host_addresses
 
 
 def rtc_configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
     """An explicit, possibly empty server list: aiortc falls back to a public STUN server when
     given none, and where pods have no egress every session then stalls for seconds."""
-    return RTCConfiguration(iceServers=[
-        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-        for s in ice_servers
-    ])
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in ice_servers
+        ]
+    )
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:

@@ -3,19 +3,17 @@ and the dashboards (see docs/metrics.md); each app instance has its own registry
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import Counter, Gauge, generate_latest
 
+from media_common.metrics import new_registry
 from media_service.leak.ownership import OwnerState
-
-# The *_created series double the output and no rule or dashboard reads them.
-disable_created_metrics()
 
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
 
 
 class ServiceMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         r = self.registry
         # Leak detection. Kept under the original Go service's names for compatibility.
         self.goroutine_count = Gauge("media_goroutine_count", "asyncio tasks + threads of the process", registry=r)
@@ -30,7 +28,10 @@ class ServiceMetrics:
         )
         self.potential_leak = Gauge("media_potential_goroutine_leak", "1 = leak suspected, 0 = normal", registry=r)
         self.asyncio_tasks = Gauge(
-            "media_asyncio_tasks", "asyncio tasks by owner state: live, closing, orphaned, unowned", ["owner"], registry=r
+            "media_asyncio_tasks",
+            "asyncio tasks by owner state: live, closing, orphaned, unowned",
+            ["owner"],
+            registry=r,
         )
         self.threads = Gauge("media_threads", "threads of the process", registry=r)
         # Sessions.

@@ -15,10 +15,11 @@ import contextvars
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
-from media_service import logs
+from media_common import logs
 from media_service.app import admin_app, public_app
 from media_service.config import Settings
 from media_service.core import MediaService
@@ -70,28 +71,39 @@ class Runner:
         settings, service = self.settings, self.service
         await service.leaks.start()  # first: every task from here on gets an owner state
         sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
-        common = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
-        public = _EmbeddedServer(uvicorn.Config(
-            public_app(service), ws=DroppingWebSocketProtocol, ws_max_size=settings.ws_max_message_bytes,
-            timeout_graceful_shutdown=2, **common,
-        ))
+        common: dict[str, Any] = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
+        public = _EmbeddedServer(
+            uvicorn.Config(
+                public_app(service),
+                ws=DroppingWebSocketProtocol,
+                ws_max_size=settings.ws_max_message_bytes,
+                timeout_graceful_shutdown=2,
+                **common,
+            )
+        )
         admin = _EmbeddedServer(uvicorn.Config(admin_app(service, self.drain), timeout_graceful_shutdown=1, **common))
         self._servers = (public, admin)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         empty = contextvars.Context()  # the servers' own tasks belong to no session
-        servers = [loop.create_task(s.serve(sockets=[sock]), context=empty.copy()) for s, sock in
-                   zip((public, admin), sockets, strict=True)]
+        servers = [
+            loop.create_task(s.serve(sockets=[sock]), context=empty.copy())
+            for s, sock in zip((public, admin), sockets, strict=True)
+        ]
         try:
             while not (public.started and admin.started):
                 if any(task.done() for task in servers) or self._stop.is_set():
                     break
                 await asyncio.sleep(0.005)
             if public.started and admin.started and service.lifecycle.mark_ready():
-                log.info("server_started", public=f"{settings.host}:{settings.port}",
-                         admin=f"{settings.admin_bind_host}:{settings.admin_port}",
-                         max_sessions=settings.max_sessions, drain_seconds=settings.drain_seconds)
+                log.info(
+                    "server_started",
+                    public=f"{settings.host}:{settings.port}",
+                    admin=f"{settings.admin_bind_host}:{settings.admin_port}",
+                    max_sessions=settings.max_sessions,
+                    drain_seconds=settings.drain_seconds,
+                )
             stop = loop.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *servers], return_when=asyncio.FIRST_COMPLETED)
             if stop not in done:  # a listener ended on its own: nothing can be served any more
@@ -121,8 +133,13 @@ class Runner:
         if not service.lifecycle.begin_drain():
             return
         notified = service.hub.broadcast({"type": "draining", "retry_after": RETRY_AFTER_SECONDS})
-        log.info("drain_started", source=source, sessions=len(service.sessions), clients=notified,
-                 window_seconds=self.settings.drain_seconds)
+        log.info(
+            "drain_started",
+            source=source,
+            sessions=len(service.sessions),
+            clients=notified,
+            window_seconds=self.settings.drain_seconds,
+        )
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -130,7 +147,8 @@ class Runner:
         if self._signals == 1:
             self.drain(name)
             self._exit_task = asyncio.get_running_loop().create_task(
-                self._drain_then_exit(), context=contextvars.Context())
+                self._drain_then_exit(), context=contextvars.Context()
+            )
         else:
             log.warning("forced_shutdown", signal=name, sessions=len(self.service.sessions))
             self._forced = True
@@ -139,7 +157,8 @@ class Runner:
             if self._exit_task is not None:
                 self._exit_task.cancel()
             self._exit_task = asyncio.get_running_loop().create_task(
-                self._close_everything(), context=contextvars.Context())
+                self._close_everything(), context=contextvars.Context()
+            )
 
     async def _drain_then_exit(self) -> None:
         service = self.service
@@ -147,7 +166,7 @@ class Runner:
         try:
             await asyncio.wait_for(service.sessions.empty.wait(), window)
             log.info("drain_complete", reason="no sessions left")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("drain_window_ended", sessions=len(service.sessions))
         await self._close_everything()
 

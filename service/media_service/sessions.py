@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from media_service import logs
+from media_common import logs
 from media_service.config import Settings
 from media_service.ice import rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
@@ -30,8 +30,15 @@ log = logs.get("media_service.sessions")
 OnClosed = Callable[["Session", str], None]
 
 #: What aiortc raises for an offer it cannot answer: the client's fault, answered with bad_request.
-REJECTED_OFFER = (ValueError, AssertionError, IndexError, KeyError, OperationError, InvalidAccessError,
-                  InvalidStateError)
+REJECTED_OFFER = (
+    ValueError,
+    AssertionError,
+    IndexError,
+    KeyError,
+    OperationError,
+    InvalidAccessError,
+    InvalidStateError,
+)
 
 
 class SessionError(Exception):
@@ -87,8 +94,8 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._reserved = 0  # offers being answered: they hold a slot before they exist
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-        self._shut = False  # close_all ran: an offer answered after it must not become a session
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._shut = asyncio.Event()  # close_all ran: an offer answered after it must not become a session
         self.empty = asyncio.Event()
         self.empty.set()
 
@@ -111,7 +118,7 @@ class SessionManager:
             raise
 
     async def _open(self, offer_sdp: Any, on_closed: OnClosed | None) -> tuple[Session, str]:
-        if self._shut or not self._accepting():
+        if self._shut.is_set() or not self._accepting():
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
             raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
@@ -136,11 +143,12 @@ class SessionManager:
                     if isinstance(exc, REJECTED_OFFER):
                         raise BadRequest(f"offer rejected: {exc or type(exc).__name__}") from None
                     if isinstance(exc, asyncio.TimeoutError):
-                        log.warning("answer_timeout", session=session_id,
-                                    timeout=self._settings.session_connect_timeout)
+                        log.warning(
+                            "answer_timeout", session=session_id, timeout=self._settings.session_connect_timeout
+                        )
                         raise SessionError("timed out answering the offer") from None
                     raise
-                if self._shut:  # shutdown closed every session while this one was being answered
+                if self._shut.is_set():  # shutdown closed every session while this one was being answered
                     await self._close_pc(session)
                     raise Draining("the server is shutting down; retry on another instance")
                 self._sessions[session_id] = session
@@ -256,14 +264,14 @@ class SessionManager:
     async def _close_pc(self, session: Session) -> None:
         try:
             await asyncio.wait_for(session.pc.close(), self._settings.session_close_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("peer_close_timeout", session=session.id, timeout=self._settings.session_close_timeout)
         except Exception:  # the peer's state must never keep a session alive
             log.exception("peer_close_failed", session=session.id)
 
     async def close_all(self, reason: str) -> int:
         """Close every session, for good: offers still being answered are refused when they finish."""
-        self._shut = True
+        self._shut.set()
         ids = list(self._sessions)
         await asyncio.gather(*(self.close(i, reason) for i in ids))
         if self._closing:
@@ -283,7 +291,7 @@ def check_offer(sdp: Any) -> None:
         raise BadRequest("offer rejected: no media section (m=) to answer")
 
 
-def parse_candidate(candidate: Any):
+def parse_candidate(candidate: Any) -> RTCIceCandidate:
     """An aiortc RTCIceCandidate from an RTCIceCandidateInit dict, or BadRequest."""
     if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate"), str):
         raise BadRequest("candidate must be an object with a 'candidate' string")

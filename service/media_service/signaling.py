@@ -10,7 +10,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from media_service import logs
+from media_common import logs
 from media_service.ratelimit import TokenBucket
 from media_service.sessions import BadRequest, Session, SessionError, SessionLimit, UnknownSession
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from media_service import logs
+from media_common import logs
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.sessions import BadRequest, SessionError
 
@@ -25,8 +26,14 @@ CORS = {
     "Access-Control-Allow-Headers": "Content-Type, If-Match, Authorization",
     "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After",
 }
-STATUS = {"bad_request": 400, "unknown_session": 404, "ice_candidate_limit": 422,
-          "session_limit": 503, "draining": 503, "internal": 500}
+STATUS = {
+    "bad_request": 400,
+    "unknown_session": 404,
+    "ice_candidate_limit": 422,
+    "session_limit": 503,
+    "draining": 503,
+    "internal": 500,
+}
 
 
 class PayloadTooLarge(Exception):
@@ -48,8 +55,13 @@ def parse_sdpfrag(body: str) -> list[dict[str, Any] | None]:
         elif line.startswith("a=mid:"):
             mid = line.removeprefix("a=mid:")
         elif line.startswith("a=candidate:"):
-            candidates.append({"candidate": line.removeprefix("a="), "sdpMid": mid,
-                               "sdpMLineIndex": max(index, 0) if mid is None else None})
+            candidates.append(
+                {
+                    "candidate": line.removeprefix("a="),
+                    "sdpMid": mid,
+                    "sdpMLineIndex": max(index, 0) if mid is None else None,
+                }
+            )
         elif line == "a=end-of-candidates":
             candidates.append(None)
     return candidates
@@ -77,10 +89,11 @@ def whip_routes(service: MediaService) -> list[Route]:
         except UnicodeDecodeError:
             raise BadRequest("body is not UTF-8 text") from None
 
-    async def guarded(request: Request, content_type: str, handler) -> Response:  # type: ignore[no-untyped-def]
+    async def guarded(request: Request, content_type: str, handler: Callable[[str], Awaitable[Response]]) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != content_type:
             return JSONResponse(
-                {"error": "unsupported_media_type", "message": f"Content-Type must be {content_type}"}, 415, CORS)
+                {"error": "unsupported_media_type", "message": f"Content-Type must be {content_type}"}, 415, CORS
+            )
         try:
             return await handler(await body_text(request))
         except PayloadTooLarge:
@@ -97,8 +110,12 @@ def whip_routes(service: MediaService) -> list[Route]:
     async def create(request: Request) -> Response:
         async def handle(sdp: str) -> Response:
             session, answer = await service.sessions.open(sdp)
-            return Response(answer, 201, {**CORS, "Location": f"/whip/{session.id}", "ETag": f'"{session.id}"',
-                                          "Accept-Patch": SDPFRAG}, media_type=SDP)
+            return Response(
+                answer,
+                201,
+                {**CORS, "Location": f"/whip/{session.id}", "ETag": f'"{session.id}"', "Accept-Patch": SDPFRAG},
+                media_type=SDP,
+            )
 
         return await guarded(request, SDP, handle)
 
@@ -128,4 +145,3 @@ def whip_routes(service: MediaService) -> list[Route]:
         Route("/whip/{session_id}", delete, methods=["DELETE"]),
         Route("/whip/{session_id}", options, methods=["OPTIONS"]),
     ]
-

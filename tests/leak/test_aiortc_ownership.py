@@ -57,4 +57,3 @@ async def test_a_peer_connections_tasks_and_decoder_thread_belong_to_its_session
     # Closed cleanly: the session's tasks end and its decoder thread is joined, so no orphans.
     done = await census_until(ownership, lambda c: c.live == c.closing == 0 and c.session_threads == 0)
     assert done.orphaned == 0
-

@@ -23,11 +23,13 @@ async def http(ownership: TaskOwnership) -> AsyncIterator[httpx.AsyncClient]:
         child = asyncio.create_task(asyncio.sleep(0))
         await child
         child_owner = ownership.owner_of(child)
-        return JSONResponse({
-            "task_owner": owner.name if owner else None,
-            "child_is_same_owner": child_owner is owner,
-            "state": ownership.state_of(task, 0.0, 1.0),
-        })
+        return JSONResponse(
+            {
+                "task_owner": owner.name if owner else None,
+                "child_is_same_owner": child_owner is owner,
+                "state": ownership.state_of(task, 0.0, 1.0),
+            }
+        )
 
     app = OwnRequests(Starlette(routes=[Route("/inspect", inspect)]), ownership)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

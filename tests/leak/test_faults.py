@@ -48,8 +48,9 @@ async def test_the_limit_holds_across_calls(no_task_leak: None) -> None:
         await faults.stop()
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, False), ("", False), ("0", False), ("false", False),
-                                               ("1", True), ("TRUE", True)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, False), ("", False), ("0", False), ("false", False), ("1", True), ("TRUE", True)]
+)
 def test_flags_parse(raw: str | None, expected: bool) -> None:
     assert parse_flag(raw) is expected
 

@@ -20,8 +20,9 @@ def rendered(metrics: ServiceMetrics) -> dict[tuple[str, str], float]:
 def test_a_sample_sets_every_leak_gauge() -> None:
     metrics = ServiceMetrics()
     census = Census(live=50, closing=7, orphaned=2, unowned=4, threads=5, session_threads=3)
-    verdict = LeakVerdict(samples=40, count=census.total, count_max=90, unexplained=census.unexplained,
-                          baseline=3, leak=False)
+    verdict = LeakVerdict(
+        samples=40, count=census.total, count_max=90, unexplained=census.unexplained, baseline=3, leak=False
+    )
     publish(metrics, Sample(census, verdict))
     values = rendered(metrics)
     assert values[("media_goroutine_count", "")] == 68

@@ -47,7 +47,11 @@ async def test_post_and_delete_debug_leak(detector: LeakDetector) -> None:
         assert started.json() == {"started": 30, "active": 30}
         dump = (await http.get("/debug/tasks")).json()
         top = dump["groups"][0]
-        assert (top["coroutine"], top["owner"], top["count"]) == ("media_service.leak.faults.injected_leak", "unowned", 30)
+        assert (top["coroutine"], top["owner"], top["count"]) == (
+            "media_service.leak.faults.injected_leak",
+            "unowned",
+            30,
+        )
         stopped = await http.delete("/debug/leak")
         assert stopped.json() == {"stopped": 30, "active": 0}
 
@@ -67,7 +71,10 @@ async def test_an_orphaned_drill_shows_as_orphans(detector: LeakDetector) -> Non
         assert started.status_code == 200, started.text
         top = (await http.get("/debug/tasks")).json()["groups"][0]
         assert (top["coroutine"], top["owner"], top["count"], top["owner_names"]) == (
-            "media_service.leak.faults.injected_leak", "orphaned", 12, ["fault-injection"]
+            "media_service.leak.faults.injected_leak",
+            "orphaned",
+            12,
+            ["fault-injection"],
         )
         assert (await http.post("/debug/leak", params={"tasks": "1", "orphaned": "maybe"})).status_code == 400
         assert (await http.delete("/debug/leak")).json() == {"stopped": 12, "active": 0}

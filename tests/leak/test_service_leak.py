@@ -18,9 +18,10 @@ DRILL_ENV = {**FAST_LEAK_ENV, "MEDIA_FAULT_INJECTION": "1"}
 
 
 def test_fire_drill_trips_and_clears_the_leak_gauge(tmp_path: Path) -> None:
-    with media_service(tmp_path, host="127.0.0.2", env=DRILL_ENV) as media, httpx.Client(
-        base_url=media.admin_url, timeout=10
-    ) as admin:
+    with (
+        media_service(tmp_path, host="127.0.0.2", env=DRILL_ENV) as media,
+        httpx.Client(base_url=media.admin_url, timeout=10) as admin,
+    ):
         baseline = media.poll_metric("media_goroutine_baseline", lambda v: v > 0)
         assert media.metric("media_potential_goroutine_leak") == 0
         leaked = int(3 * baseline) + 1
@@ -47,9 +48,10 @@ def test_fire_drill_trips_and_clears_the_leak_gauge(tmp_path: Path) -> None:
 
 
 def test_the_drill_is_off_by_default(tmp_path: Path) -> None:
-    with media_service(tmp_path, host="127.0.0.2", env=FAST_LEAK_ENV) as media, httpx.Client(
-        base_url=media.admin_url, timeout=10
-    ) as admin:
+    with (
+        media_service(tmp_path, host="127.0.0.2", env=FAST_LEAK_ENV) as media,
+        httpx.Client(base_url=media.admin_url, timeout=10) as admin,
+    ):
         assert (admin.post("/debug/leak", params={"tasks": "5"})).status_code in (404, 405)
         assert (admin.get("/debug/tasks")).status_code == 200
 

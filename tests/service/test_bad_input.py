@@ -37,20 +37,23 @@ async def still_usable(client: SignalingClient) -> None:
     assert await client.recv("pong") == {"type": "pong"}
 
 
-@pytest.mark.parametrize(("frame", "fragment"), [
-    ("{not json", "malformed JSON"),
-    ("[1, 2]", "JSON object with a string 'type'"),
-    ('{"sdp": "x"}', "JSON object with a string 'type'"),
-    ('{"type": 7}', "JSON object with a string 'type'"),
-    ('{"type": "subscribe"}', "unknown message type 'subscribe'"),
-    ('{"type": "offer"}', "non-empty 'sdp'"),
-    ('{"type": "offer", "sdp": 42}', "non-empty 'sdp'"),
-    ('{"type": "candidate"}', "needs a 'session'"),
-    ('{"type": "bye"}', "needs a 'session'"),
-    ('{"type": "message", "data": 1}', "non-empty 'to'"),
-    ('{"type": "ping", "n": ' + "9" * 5000 + "}", "malformed JSON"),  # Python refuses > 4300 digits
-    ("[" * 3000 + "]" * 3000, "malformed JSON"),  # deeper than the parser recurses
-])
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "JSON object with a string 'type'"),
+        ('{"sdp": "x"}', "JSON object with a string 'type'"),
+        ('{"type": 7}', "JSON object with a string 'type'"),
+        ('{"type": "subscribe"}', "unknown message type 'subscribe'"),
+        ('{"type": "offer"}', "non-empty 'sdp'"),
+        ('{"type": "offer", "sdp": 42}', "non-empty 'sdp'"),
+        ('{"type": "candidate"}', "needs a 'session'"),
+        ('{"type": "bye"}', "needs a 'session'"),
+        ('{"type": "message", "data": 1}', "non-empty 'to'"),
+        ('{"type": "ping", "n": ' + "9" * 5000 + "}", "malformed JSON"),  # Python refuses > 4300 digits
+        ("[" * 3000 + "]" * 3000, "malformed JSON"),  # deeper than the parser recurses
+    ],
+)
 async def test_malformed_messages_get_bad_request(client: SignalingClient, frame: str, fragment: str) -> None:
     await client.send(frame)
     error = await client.recv("error")
@@ -59,16 +62,21 @@ async def test_malformed_messages_get_bad_request(client: SignalingClient, frame
     await still_usable(client)
 
 
-NO_ICE_CREDENTIALS = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
-                      "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n")
+NO_ICE_CREDENTIALS = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+)
 
 
-@pytest.mark.parametrize(("sdp", "reason"), [
-    ("hello", "starts with 'v=0'"),
-    ("v=0\r\nthis is not sdp\r\n", "no media section"),
-    ("v=0\r\nm=video\r\n", "offer rejected"),  # aiortc's parser fails an assertion
-    (NO_ICE_CREDENTIALS, "ICE username fragment or password is missing"),  # aiortc raises ValueError
-])
+@pytest.mark.parametrize(
+    ("sdp", "reason"),
+    [
+        ("hello", "starts with 'v=0'"),
+        ("v=0\r\nthis is not sdp\r\n", "no media section"),
+        ("v=0\r\nm=video\r\n", "offer rejected"),  # aiortc's parser fails an assertion
+        (NO_ICE_CREDENTIALS, "ICE username fragment or password is missing"),  # aiortc raises ValueError
+    ],
+)
 async def test_sdp_that_aiortc_rejects(client: SignalingClient, media: MediaProcess, sdp: str, reason: str) -> None:
     created = media.metric("media_sessions_created_total")
     await client.send({"type": "offer", "sdp": sdp})
@@ -136,13 +144,16 @@ async def test_sessions_of_other_connections_are_invisible(media: MediaProcess, 
     await peer.close()
 
 
-@pytest.mark.parametrize("candidate", [
-    {"candidate": "candidate:garbage"},
-    {"candidate": CANDIDATE.format(port=9)},  # neither sdpMid nor sdpMLineIndex
-    {"candidate": CANDIDATE.format(port=9), "sdpMid": 0},
-    {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": -1},
-    "a string",
-])
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        {"candidate": "candidate:garbage"},
+        {"candidate": CANDIDATE.format(port=9)},  # neither sdpMid nor sdpMLineIndex
+        {"candidate": CANDIDATE.format(port=9), "sdpMid": 0},
+        {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": -1},
+        "a string",
+    ],
+)
 async def test_bad_candidates(client: SignalingClient, candidate: object) -> None:
     peer = await open_session(client)
     await client.send({"type": "candidate", "session": peer.session, "candidate": candidate})
@@ -156,11 +167,21 @@ async def test_ice_candidate_cap(client: SignalingClient, media: MediaProcess) -
     rejected = media.metric("media_ice_candidates_rejected_total")
     peer = await open_session(client)
     for port in range(50):
-        await client.send({"type": "candidate", "session": peer.session,
-                           "candidate": {"candidate": CANDIDATE.format(port=40000 + port), "sdpMid": "0"}})
+        await client.send(
+            {
+                "type": "candidate",
+                "session": peer.session,
+                "candidate": {"candidate": CANDIDATE.format(port=40000 + port), "sdpMid": "0"},
+            }
+        )
         await asyncio.sleep(0.06)  # stay under the test's 20 messages/s rate limit
-    await client.send({"type": "candidate", "session": peer.session,
-                       "candidate": {"candidate": CANDIDATE.format(port=50000), "sdpMid": "0"}})
+    await client.send(
+        {
+            "type": "candidate",
+            "session": peer.session,
+            "candidate": {"candidate": CANDIDATE.format(port=50000), "sdpMid": "0"},
+        }
+    )
     error = await client.recv("error")
     assert (error["code"], error["session"]) == ("ice_candidate_limit", peer.session)
     assert not [m for m in client.inbox if m["type"] == "error"], "the first 50 candidates must be accepted"
@@ -264,8 +285,11 @@ class TestWhipBadInput:
 
     async def test_unknown_resource(self, media: MediaProcess) -> None:
         async with httpx.AsyncClient(base_url=media.public_url) as http:
-            patched = await http.patch("/whip/nope", content="a=end-of-candidates\r\n",
-                                       headers={"content-type": "application/trickle-ice-sdpfrag"})
+            patched = await http.patch(
+                "/whip/nope",
+                content="a=end-of-candidates\r\n",
+                headers={"content-type": "application/trickle-ice-sdpfrag"},
+            )
             deleted = await http.delete("/whip/nope")
         assert (patched.status_code, deleted.status_code) == (404, 404)
         assert patched.json()["error"] == "unknown_session"

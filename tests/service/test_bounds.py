@@ -34,8 +34,9 @@ async def test_session_cap_is_retryable(tmp_path: Path, no_leaks: None) -> None:
         error = await client.recv("error")
         assert error["code"] == "session_limit"
         async with httpx.AsyncClient(base_url=media.public_url) as http:
-            refused = await http.post("/whip", content=(await offer_sdp(whip := make_peer()))[0],
-                                      headers={"content-type": "application/sdp"})
+            refused = await http.post(
+                "/whip", content=(await offer_sdp(whip := make_peer()))[0], headers={"content-type": "application/sdp"}
+            )
         assert refused.status_code == 503 and refused.json()["error"] == "session_limit"
         assert int(refused.headers["retry-after"]) > 0
         # Counted whichever way the offer came: one over the WebSocket, one over WHIP.
@@ -57,7 +58,10 @@ async def test_a_session_that_never_connects_is_closed(tmp_path: Path, no_leaks:
         await client.send({"type": "offer", "sdp": (await offer_sdp(peer))[0]})
         session = (await client.recv("answer"))["session"]  # the answer is never applied
         assert await client.recv("bye", session=session, timeout=10) == {
-            "type": "bye", "session": session, "reason": "timeout"}
+            "type": "bye",
+            "session": session,
+            "reason": "timeout",
+        }
         assert media.metric("media_sessions_closed_total", {"reason": "timeout"}) == 1
         assert media.metric("media_sessions_active") == 0
         await peer.close()

@@ -141,8 +141,11 @@ def wait_stats(page: Page, condition: str, what: str, unless: str | None = None)
     at once if ``unless`` holds first (a page that gave up will not get there)."""
     predicate = f"!!s && ({condition})"
     try:
-        page.wait_for_function(f"() => {{ const s = window.mediaStats; return {predicate} || !!s && ({unless or 'false'}); }}",
-                               timeout=DEADLINE_MS, polling=100)
+        page.wait_for_function(
+            f"() => {{ const s = window.mediaStats; return {predicate} || !!s && ({unless or 'false'}); }}",
+            timeout=DEADLINE_MS,
+            polling=100,
+        )
         reached = page.evaluate(f"() => {{ const s = window.mediaStats; return {predicate}; }}")
         problem = "" if reached else "the page gave up"
     except PageTimeout:
@@ -170,15 +173,17 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
 
-        stats = wait_stats(page, "s.state === 'connected' && s.session", "the session connects",
-                           unless="s.state === 'closed'")
+        stats = wait_stats(
+            page, "s.state === 'connected' && s.session", "the session connects", unless="s.state === 'closed'"
+        )
         session = stats["session"]
         assert media.metric("media_sessions_active") == 1
 
         # Echoed video keeps arriving: the byte count grows across stats updates, and frames decode.
         first = wait_stats(page, "s.inboundBytes > 0", "echoed video arrives")["inboundBytes"]
-        stats = wait_stats(page, f"s.inboundBytes > {first} && s.framesDecoded >= 30",
-                           "echoed video keeps arriving and decodes")
+        stats = wait_stats(
+            page, f"s.inboundBytes > {first} && s.framesDecoded >= 30", "echoed video keeps arriving and decodes"
+        )
         assert stats["framesDecoded"] >= 30
         assert stats["session"] == session
         assert page.locator("#inbound-bytes").get_attribute("data-value") == str(stats["inboundBytes"])
@@ -191,8 +196,11 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
 
         # Signaling as the protocol says: one offer, then candidates trickled only under the session
         # id (those gathered before the answer were held back), ending with a null candidate.
-        page.wait_for_function("() => window.sentSignaling.map(t => JSON.parse(t))"
-                               ".some(m => m.type === 'candidate' && m.candidate === null)", timeout=DEADLINE_MS)
+        page.wait_for_function(
+            "() => window.sentSignaling.map(t => JSON.parse(t))"
+            ".some(m => m.type === 'candidate' && m.candidate === null)",
+            timeout=DEADLINE_MS,
+        )
         sent = [m for m in sent_signaling(page) if m["type"] != "ping"]
         assert sent[0]["type"] == "offer" and "m=video" in sent[0]["sdp"]
         candidates = sent[1:]
@@ -204,8 +212,10 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         assert page.locator("#status").inner_text().startswith("connected")
 
         page.screenshot(path=tmp_path / "echo.png", full_page=True)
-        print(f"echo: {stats['inboundBytes']} bytes, {stats['framesDecoded']} frames decoded, "
-              f"route {page.locator('#route').inner_text()}")
+        print(
+            f"echo: {stats['inboundBytes']} bytes, {stats['framesDecoded']} frames decoded, "
+            f"route {page.locator('#route').inner_text()}"
+        )
 
         closed_before = media.metric("media_sessions_closed_total", {"reason": "closed"}) or 0
         page.get_by_role("button", name="Hang up").click()
@@ -225,8 +235,9 @@ def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> Non
         problems: list[str] = []
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
-        session = wait_stats(page, "s.state === 'connected' && s.session", "the session connects",
-                             unless="s.state === 'closed'")["session"]
+        session = wait_stats(
+            page, "s.state === 'connected' && s.session", "the session connects", unless="s.state === 'closed'"
+        )["session"]
         closed_before = media.metric("media_sessions_closed_total", {"reason": "closed"}) or 0
 
         assert httpx.post(f"{media.admin_url}/admin/drain", timeout=10).status_code == 202

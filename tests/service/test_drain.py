@@ -73,8 +73,9 @@ async def test_sigterm_drains_live_sessions_then_exits_0(media_factory, no_leaks
     await clients[0].send({"type": "offer", "sdp": (await offer_sdp(late := make_peer()))[0]})
     assert (await clients[0].recv("error"))["code"] == "draining"
     async with httpx.AsyncClient(base_url=media.public_url) as http:
-        refused = await http.post("/whip", content=(await offer_sdp(whip := make_peer()))[0],
-                                  headers={"content-type": "application/sdp"})
+        refused = await http.post(
+            "/whip", content=(await offer_sdp(whip := make_peer()))[0], headers={"content-type": "application/sdp"}
+        )
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
     for peer in peers:
         assert await peer.echo("still serving") == "still serving"
@@ -105,7 +106,10 @@ async def test_drain_window_closes_what_remains_with_bye_shutdown(media_factory,
     media.signal(signal.SIGTERM)
     await client.recv("draining")
     assert await client.recv("bye", session=peer.session, timeout=10) == {
-        "type": "bye", "session": peer.session, "reason": "shutdown"}
+        "type": "bye",
+        "session": peer.session,
+        "reason": "shutdown",
+    }
     with pytest.raises(ConnectionClosed) as closed:
         await client.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
@@ -147,8 +151,10 @@ async def test_signal_before_ready_exits_cleanly(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "media_service", "--port", "0", "--admin-port", "0",
-                             "--host", "127.0.0.1"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "media_service", "--port", "0", "--admin-port", "0", "--host", "127.0.0.1"],
+        stderr=subprocess.PIPE,
+    )
     proc.send_signal(signal.SIGTERM)  # likely during imports: the default action applies
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     proc.stderr.close()

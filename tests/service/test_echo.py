@@ -24,7 +24,11 @@ async def test_data_channel_is_echoed(media: MediaProcess, no_leaks: None) -> No
     assert await peer.echo("hello") == "hello"
     assert await peer.echo("x" * 10_000) == "x" * 10_000
     await client.send({"type": "bye", "session": peer.session})
-    assert await client.recv("bye", session=peer.session) == {"type": "bye", "session": peer.session, "reason": "closed"}
+    assert await client.recv("bye", session=peer.session) == {
+        "type": "bye",
+        "session": peer.session,
+        "reason": "closed",
+    }
     await peer.close()
     await client.close()
 
@@ -69,14 +73,16 @@ async def test_whip_create_trickle_delete(media: MediaProcess, no_leaks: None) -
         assert re.fullmatch(r"/whip/[\w-]+", location)
         await peer.pc.setRemoteDescription(RTCSessionDescription(created.text, "answer"))
         fragment = "a=mid:0\r\n" + "".join(f"a={c}\r\n" for c in candidates) + "a=end-of-candidates\r\n"
-        patched = await http.patch(location, content=fragment,
-                                   headers={"content-type": "application/trickle-ice-sdpfrag"})
+        patched = await http.patch(
+            location, content=fragment, headers={"content-type": "application/trickle-ice-sdpfrag"}
+        )
         assert patched.status_code == 204, patched.text
         assert await peer.wait_frames(15) >= 15
         deleted = await http.delete(location)
         assert deleted.status_code == 200
         assert (await http.delete(location)).status_code == 404
-        assert (await http.patch(location, content=fragment,
-                                 headers={"content-type": "application/trickle-ice-sdpfrag"})).status_code == 404
+        assert (
+            await http.patch(location, content=fragment, headers={"content-type": "application/trickle-ice-sdpfrag"})
+        ).status_code == 404
     await peer.close()
     media.poll_metric("media_sessions_active", lambda v: v == 0)

@@ -76,8 +76,9 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
         healthy = [await connect(f"{base}?user=room&device=h{i}", max_size=None) for i in range(HEALTHY)]
         seqs: list[list[int]] = [[] for _ in healthy]
         readers = [asyncio.create_task(read_messages(ws, s)) for ws, s in zip(healthy, seqs, strict=True)]
-        non_readers = [await NonReader.open(media.host, media.port, f"/ws?user=room&device=n{i}")
-                       for i in range(NON_READERS)]
+        non_readers = [
+            await NonReader.open(media.host, media.port, f"/ws?user=room&device=n{i}") for i in range(NON_READERS)
+        ]
         sender = await connect(f"{base}?user=sender&device=s")
         try:
             await poll_metric(media, "media_ws_clients", lambda v: v == HEALTHY + NON_READERS + 1, 20)
@@ -86,13 +87,13 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
             for seq in range(MESSAGES):
                 await sender.send(json.dumps({"type": "message", "to": "room", "data": {"seq": seq, "pad": PAD}}))
                 if seq % WINDOW == WINDOW - 1:
-                    await poll(lambda: min(map(len, seqs)) > seq - WINDOW, 30, f"healthy clients reach {seq}")
+                    await poll(lambda seq=seq: min(map(len, seqs)) > seq - WINDOW, 30, f"healthy clients reach {seq}")
             await poll(lambda: all(len(s) == MESSAGES for s in seqs), 30, "healthy clients get everything")
             await poll_metric(media, "media_ws_send_timeouts_total", lambda v: v >= NON_READERS, 30)
 
             for s in seqs:
                 assert s == list(range(MESSAGES))
-            assert all(ws.close_code is None for ws in healthy + [sender]), "a healthy client was closed"
+            assert all(ws.close_code is None for ws in [*healthy, sender]), "a healthy client was closed"
             assert await metric(media, "media_ws_send_timeouts_total") == NON_READERS
             # Exact: the non-readers, and only they, left the hub.
             assert await metric(media, "media_ws_clients") == HEALTHY + 1

@@ -10,7 +10,7 @@ import contextlib
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,7 @@ EXAMPLE_CONFIG = ALERTS_DIR / "alertmanager.example.yaml"
 
 def amtool(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run amtool; the caller checks returncode and output."""
-    return subprocess.run(
-        [require_tool("amtool"), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([require_tool("amtool"), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def route_receivers(config_path: Path, labels: Mapping[str, str]) -> list[str]:
@@ -78,12 +76,16 @@ class AlertmanagerServer(ServerProcess):
         return amtool(*args, f"--alertmanager.url={self.url}")
 
 
-def alert(labels: Mapping[str, str], annotations: Mapping[str, str] | None = None,
-          resolved: bool = False) -> dict[str, Any]:
+def alert(
+    labels: Mapping[str, str], annotations: Mapping[str, str] | None = None, resolved: bool = False
+) -> dict[str, Any]:
     """An alert in the API v2 shape; ``resolved`` sets its end in the past."""
-    now = datetime.now(timezone.utc)
-    body: dict[str, Any] = {"labels": dict(labels), "annotations": dict(annotations or {}),
-                            "startsAt": (now - timedelta(minutes=1)).isoformat()}
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {
+        "labels": dict(labels),
+        "annotations": dict(annotations or {}),
+        "startsAt": (now - timedelta(minutes=1)).isoformat(),
+    }
     if resolved:
         body["endsAt"] = (now - timedelta(seconds=1)).isoformat()
     return body
@@ -110,8 +112,15 @@ def start_alertmanager(
         "--cluster.listen-address=",
         "--log.level=warn",
     ]
-    return launch(AlertmanagerServer, "alertmanager", argv, f"http://{host}:{port}", workdir, ready_timeout,
-                  config_path=config_path)
+    return launch(
+        AlertmanagerServer,
+        "alertmanager",
+        argv,
+        f"http://{host}:{port}",
+        workdir,
+        ready_timeout,
+        config_path=config_path,
+    )
 
 
 @contextlib.contextmanager
@@ -142,7 +151,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with receiver._changed:
@@ -154,7 +163,7 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer((host, 0), Handler)

@@ -66,9 +66,9 @@ class MediaProcess:
         text = httpx.get(f"{self.admin_url}/metrics", timeout=5).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and (labels is None or all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                )):
+                if sample.name == name and (
+                    labels is None or all(sample.labels.get(k) == v for k, v in labels.items())
+                ):
                     return sample.value
         return None
 

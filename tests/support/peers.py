@@ -84,6 +84,8 @@ class Peer:
     frames_received: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    # Track consumers, referenced so that none is collected mid-run; each ends with its track.
+    consumers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def close(self) -> None:
         await self.pc.close()
@@ -121,7 +123,9 @@ def make_peer(*, video: bool = False, data: bool = True) -> Peer:
             except Exception:  # MediaStreamError when the track ends
                 return
 
-        asyncio.ensure_future(consume())
+        task = asyncio.ensure_future(consume())
+        peer.consumers.add(task)
+        task.add_done_callback(peer.consumers.discard)
 
     @peer.pc.on("connectionstatechange")
     def on_state() -> None:
@@ -143,8 +147,14 @@ async def offer_sdp(peer: Peer, *, trickle: bool = False) -> tuple[str, list[str
     return sdp, candidates
 
 
-async def open_session(client: SignalingClient, *, video: bool = False, data: bool = True,
-                       trickle: bool = False, connect_timeout: float = 15.0) -> Peer:
+async def open_session(
+    client: SignalingClient,
+    *,
+    video: bool = False,
+    data: bool = True,
+    trickle: bool = False,
+    connect_timeout: float = 15.0,
+) -> Peer:
     """Offer over signaling, apply the answer, trickle if asked, wait until connected."""
     peer = make_peer(video=video, data=data)
     sdp, candidates = await offer_sdp(peer, trickle=trickle)
@@ -153,8 +163,13 @@ async def open_session(client: SignalingClient, *, video: bool = False, data: bo
     peer.session = answer["session"]
     await peer.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
     for candidate in candidates:
-        await client.send({"type": "candidate", "session": peer.session,
-                           "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}})
+        await client.send(
+            {
+                "type": "candidate",
+                "session": peer.session,
+                "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0},
+            }
+        )
     if trickle:
         await client.send({"type": "candidate", "session": peer.session, "candidate": None})
     await asyncio.wait_for(peer.connected.wait(), connect_timeout)

@@ -81,8 +81,7 @@ class PrometheusServer(ServerProcess):
         return [
             alert
             for alert in self._api("alerts")["alerts"]
-            if (name is None or alert["labels"].get("alertname") == name)
-            and (state is None or alert["state"] == state)
+            if (name is None or alert["labels"].get("alertname") == name) and (state is None or alert["state"] == state)
         ]
 
     def rule_groups(self) -> list[dict[str, Any]]:
@@ -116,8 +115,11 @@ def prometheus_config(
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         # A scrape may take the whole interval, never more (Prometheus refuses timeout > interval).
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval,
-                   "scrape_timeout": scrape_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+            "scrape_timeout": scrape_interval,
+        },
         "rule_files": [str(p) for p in rule_paths],
         "scrape_configs": list(scrape_configs),
     }
@@ -177,7 +179,7 @@ class MetricsTarget:
         target = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 body = target.text.encode()
                 self.send_response(200 if self.path == "/metrics" else 404)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -185,7 +187,7 @@ class MetricsTarget:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer((host, 0), Handler)

@@ -52,8 +52,9 @@ class ServerProcess:
                 self.proc.wait(timeout=timeout)
 
 
-def launch(kind: type[S], name: str, argv: Sequence[str], url: str, workdir: Path,
-           ready_timeout: float, **fields: Any) -> S:
+def launch(
+    kind: type[S], name: str, argv: Sequence[str], url: str, workdir: Path, ready_timeout: float, **fields: Any
+) -> S:
     """Start ``argv`` in ``workdir`` and return ``kind(...)`` once ``url/-/ready`` answers 200."""
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:

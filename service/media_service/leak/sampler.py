@@ -7,14 +7,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
+from media_common import logs
 from media_service.leak.census import Census, take_census
 from media_service.leak.ownership import TaskOwnership
 from media_service.leak.rule import LeakRule, LeakVerdict
 from media_service.leak.taskdump import task_dump
 
-log = structlog.get_logger("media_service.leak")
+log = logs.get("media_service.leak")
 
 
 @dataclass(frozen=True, slots=True)

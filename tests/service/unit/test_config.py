@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from media_service.config import ConfigError, Settings, load
+from media_service.config import Settings, SettingsError, load
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
@@ -31,27 +31,30 @@ def test_flag_wins_over_variable_over_default() -> None:
     assert load(["--admin-host", "127.0.0.1"], {}).admin_bind_host == "127.0.0.1"
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"MEDIA_PORT": "http"}, "invalid MEDIA_PORT='http': expected an integer from 1 to 65535"),
-    ({"MEDIA_PORT": "70000"}, "invalid MEDIA_PORT='70000': expected an integer from 1 to 65535"),
-    ({"MEDIA_WS_SEND_TIMEOUT": "0"}, "invalid MEDIA_WS_SEND_TIMEOUT='0': expected a number from 0.01 to 60"),
-    ({"MEDIA_LEAK_FACTOR": "nan"}, "invalid MEDIA_LEAK_FACTOR='nan': expected a number from 1 to 1000"),
-    ({"MEDIA_FAULT_INJECTION": "maybe"}, "invalid MEDIA_FAULT_INJECTION='maybe': expected 1/0"),
-    ({"MEDIA_LOG_FORMAT": "xml"}, "invalid MEDIA_LOG_FORMAT='xml': expected one of auto, json, text"),
-    ({"MEDIA_ICE_SERVERS": "[{"}, "invalid MEDIA_ICE_SERVERS='[{': expected a JSON list of ICE servers"),
-    ({"MEDIA_ICE_SERVERS": '[{"url": "stun:x"}]'}, 'expected a JSON list of objects with "urls"'),
-    ({"MEDIA_ICE_SERVERS": '[{"urls": "http://x"}]'}, "expected stun:, stuns:, turn: or turns: URLs"),
-    ({"MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1,nope"}, "invalid MEDIA_ICE_HOST_ADDRESSES='127.0.0.1,nope'"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDIA_PORT": "http"}, "invalid MEDIA_PORT='http': expected an integer from 1 to 65535"),
+        ({"MEDIA_PORT": "70000"}, "invalid MEDIA_PORT='70000': expected an integer from 1 to 65535"),
+        ({"MEDIA_WS_SEND_TIMEOUT": "0"}, "invalid MEDIA_WS_SEND_TIMEOUT='0': expected a number from 0.01 to 60"),
+        ({"MEDIA_LEAK_FACTOR": "nan"}, "invalid MEDIA_LEAK_FACTOR='nan': expected a number from 1 to 1000"),
+        ({"MEDIA_FAULT_INJECTION": "maybe"}, "invalid MEDIA_FAULT_INJECTION='maybe': expected 1/0"),
+        ({"MEDIA_LOG_FORMAT": "xml"}, "invalid MEDIA_LOG_FORMAT='xml': expected one of auto, json, text"),
+        ({"MEDIA_ICE_SERVERS": "[{"}, "invalid MEDIA_ICE_SERVERS='[{': expected a JSON list of ICE servers"),
+        ({"MEDIA_ICE_SERVERS": '[{"url": "stun:x"}]'}, 'expected a JSON list of objects with "urls"'),
+        ({"MEDIA_ICE_SERVERS": '[{"urls": "http://x"}]'}, "expected stun:, stuns:, turn: or turns: URLs"),
+        ({"MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1,nope"}, "invalid MEDIA_ICE_HOST_ADDRESSES='127.0.0.1,nope'"),
+    ],
+)
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(SettingsError) as error:
         load([], env)
     assert str(error.value).startswith("invalid MEDIA_") and message in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_invalid_flag_names_the_flag() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid --max-sessions='0': expected an integer from 1"):
+    with pytest.raises(SettingsError, match=r"^invalid --max-sessions='0': expected an integer from 1"):
         load(["--max-sessions", "0"], {})
 
 
@@ -62,23 +65,31 @@ def test_ice_servers_parse() -> None:
 
 
 def test_command_line_help_and_errors() -> None:
-    help_text = subprocess.run([sys.executable, "-m", "media_service", "--help"],
-                               capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "media_service", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for field in dataclasses.fields(Settings):
         assert field.metadata["env"] in help_text
-    bad = subprocess.run([sys.executable, "-m", "media_service"], env={"MEDIA_MAX_SESSIONS": "-1"},
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "media_service"], env={"MEDIA_MAX_SESSIONS": "-1"}, capture_output=True, text=True
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "media-service: invalid MEDIA_MAX_SESSIONS='-1': expected an integer from 1 to 100000"]
+        "media-service: invalid MEDIA_MAX_SESSIONS='-1': expected an integer from 1 to 100000"
+    ]
 
 
 def test_docs_list_every_setting_with_its_default() -> None:
-    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(MEDIA_\w+)` \| `--[\w-]+` \| `([^`]*)` \|",
-                                                         DOCS.read_text(), re.MULTILINE)}
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(MEDIA_\w+)` \| `--[\w-]+` \| `([^`]*)` \|", DOCS.read_text(), re.MULTILINE)
+    }
     for field in dataclasses.fields(Settings):
         default = field.default
-        shown = {(): "(none)", "": "(empty)", False: "0", True: "1"}.get(default, default) \
-            if not isinstance(default, (int, float)) or isinstance(default, bool) else default
+        shown = (
+            {(): "(none)", "": "(empty)", False: "0", True: "1"}.get(default, default)
+            if not isinstance(default, (int, float)) or isinstance(default, bool)
+            else default
+        )
         assert table.get(field.metadata["env"]) == str(shown), field.metadata["env"]
     assert set(table) == {f.metadata["env"] for f in dataclasses.fields(Settings)}

@@ -16,36 +16,44 @@ def test_candidate_lines_parse_with_or_without_prefixes() -> None:
         assert (ice.ip, ice.port, ice.type, ice.sdpMid, ice.sdpMLineIndex) == ("127.0.0.1", 46154, "srflx", "0", 0)
 
 
-@pytest.mark.parametrize(("candidate", "reason"), [
-    (None, "object with a 'candidate' string"),
-    ({"candidate": 5}, "object with a 'candidate' string"),
-    ({"candidate": "candidate:1 1 udp", "sdpMid": "0"}, "not an ICE candidate line"),
-    ({"candidate": LINE + " x" * 600, "sdpMid": "0"}, "not an ICE candidate line"),
-    ({"candidate": LINE.replace("46154", "port"), "sdpMid": "0"}, "not an ICE candidate line"),
-    ({"candidate": LINE}, "needs sdpMid or sdpMLineIndex"),
-    ({"candidate": LINE, "sdpMid": 1}, "sdpMid must be a string"),
-    ({"candidate": LINE, "sdpMLineIndex": True}, "sdpMLineIndex must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    ("candidate", "reason"),
+    [
+        (None, "object with a 'candidate' string"),
+        ({"candidate": 5}, "object with a 'candidate' string"),
+        ({"candidate": "candidate:1 1 udp", "sdpMid": "0"}, "not an ICE candidate line"),
+        ({"candidate": LINE + " x" * 600, "sdpMid": "0"}, "not an ICE candidate line"),
+        ({"candidate": LINE.replace("46154", "port"), "sdpMid": "0"}, "not an ICE candidate line"),
+        ({"candidate": LINE}, "needs sdpMid or sdpMLineIndex"),
+        ({"candidate": LINE, "sdpMid": 1}, "sdpMid must be a string"),
+        ({"candidate": LINE, "sdpMLineIndex": True}, "sdpMLineIndex must be a non-negative integer"),
+    ],
+)
 def test_bad_candidates_say_why(candidate: object, reason: str) -> None:
     with pytest.raises(BadRequest, match=reason):
         parse_candidate(candidate)
 
 
-@pytest.mark.parametrize(("sdp", "reason"), [
-    (None, "non-empty 'sdp' string"),
-    ("   ", "non-empty 'sdp' string"),
-    ("o=- 1 1 IN IP4 0.0.0.0\r\n", "starts with 'v=0'"),
-    ("v=0\r\ns=-\r\n", "no media section"),
-])
+@pytest.mark.parametrize(
+    ("sdp", "reason"),
+    [
+        (None, "non-empty 'sdp' string"),
+        ("   ", "non-empty 'sdp' string"),
+        ("o=- 1 1 IN IP4 0.0.0.0\r\n", "starts with 'v=0'"),
+        ("v=0\r\ns=-\r\n", "no media section"),
+    ],
+)
 def test_offers_without_the_shape_of_an_offer(sdp: object, reason: str) -> None:
     with pytest.raises(BadRequest, match=reason):
         check_offer(sdp)
 
 
 def test_sdpfrag_candidates_follow_their_media_section() -> None:
-    body = ("a=ice-ufrag:abcd\r\na=ice-pwd:secret\r\n"
-            "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=" + LINE + "\r\n"
-            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=" + LINE + "\r\na=end-of-candidates\r\n")
+    body = (
+        "a=ice-ufrag:abcd\r\na=ice-pwd:secret\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=" + LINE + "\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=" + LINE + "\r\na=end-of-candidates\r\n"
+    )
     assert parse_sdpfrag(body) == [
         {"candidate": LINE, "sdpMid": "0", "sdpMLineIndex": None},
         {"candidate": LINE, "sdpMid": None, "sdpMLineIndex": 1},
