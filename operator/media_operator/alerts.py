@@ -12,8 +12,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from media_operator.decisions import PodKey
 from media_operator.labels import parse_rfc3339
+from media_operator.model import PodKey
 
 
 class InvalidPayload(ValueError):

@@ -16,9 +16,10 @@ from aiohttp import web
 from media_operator import logs
 from media_operator.alerts import AlertTriage
 from media_operator.controller import Controller
-from media_operator.decisions import Decider, Rules
+from media_operator.decisions import Decider
 from media_operator.kube import Kube, load_configuration
 from media_operator.metrics import OperatorMetrics
+from media_operator.model import Rules
 from media_operator.podclient import PodClient
 from media_operator.podstore import PodStore
 from media_operator.settings import Settings, SettingsError, load

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from media_operator.decisions import (
+from media_operator.decisions import Decider
+from media_operator.kube import KUBE_ERRORS, Kube
+from media_operator.labels import quarantine_patch, rfc3339
+from media_operator.metrics import OperatorMetrics
+from media_operator.model import (
     Action,
     Blocked,
     BlockReason,
-    Decider,
     Delete,
     Evict,
     EvictionResult,
@@ -28,9 +31,6 @@ from media_operator.decisions import (
     Reading,
     Source,
 )
-from media_operator.kube import KUBE_ERRORS, Kube
-from media_operator.labels import quarantine_patch, rfc3339
-from media_operator.metrics import OperatorMetrics
 from media_operator.podclient import PodClient
 from media_operator.podstore import PodStore
 from media_operator.settings import Settings

@@ -1,125 +1,33 @@
 """The decision logic: which pod to quarantine, evict or delete, and what blocks it.
 
-Plain code: no Kubernetes, no HTTP, no clock of its own. The control loop feeds it what it saw
-(pods, readings, alerts) and the time, and carries out what it returns, then reports the outcome.
-Everything that must survive a restart lives in the pods' labels and annotations (``PodView``);
-what is kept here is only what a restart may safely forget (how long a gauge has been up, which
-blocked decision was already reported, eviction backoff).
+Plain code: no Kubernetes, no HTTP, no clock of its own, and nothing imported but the model. The
+control loop feeds it what it saw (pods, readings, alerts) and the time, and carries out what it
+returns, then reports the outcome. Everything that must survive a restart lives in the pods' labels
+and annotations (``PodView``); what is kept here is only what a restart may safely forget (how long a
+gauge has been up, which blocked decision was already reported, eviction backoff).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from typing import NamedTuple
 
-from media_operator.settings import Budget
-
-PodKey = tuple[str, str]  # (namespace, name)
-
-
-class Source(str, Enum):
-    SCRAPE = "scrape"
-    ALERTMANAGER = "alertmanager"
-
-
-class BlockReason(str, Enum):
-    BUDGET = "budget"
-    STORM = "storm"
-    COOLDOWN = "cooldown"
-    DRY_RUN = "dry_run"
-    UNREADABLE = "unreadable"
-    FLAPPING = "flapping"
-
-
-class EvictionResult(str, Enum):
-    EVICTED = "evicted"
-    RETRY = "retry"  # refused for now (429: a disruption budget), try again later
-    DELETED = "deleted"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the operator knows of a pod from Kubernetes (labels and annotations included)."""
-
-    namespace: str
-    name: str
-    ip: str | None = None
-    quarantined: bool = False
-    quarantined_at: float | None = None  # epoch seconds, from the annotation
-    evict_after: float | None = None  # epoch seconds, from the annotation
-    terminating: bool = False  # deletionTimestamp set: Kubernetes is removing it already
-    uid: str | None = None
-
-    @property
-    def key(self) -> PodKey:
-        return (self.namespace, self.name)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One scrape of a pod's /metrics; ``leak`` is None when the metrics could not be read."""
-
-    leak: bool | None
-    sessions: float | None = None
-    error: str | None = None
-    figures: Mapping[str, float] = field(default_factory=dict, compare=False)  # for messages only
-
-    @property
-    def readable(self) -> bool:
-        return self.leak is not None
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    key: PodKey
-    source: Source
-    leak_since: float  # when the gauge was first seen at 1 in this run (or the alert arrived)
-
-
-@dataclass(frozen=True)
-class Evict:
-    key: PodKey
-    why: str
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: PodKey
-    why: str
-
-
-Action = Quarantine | Evict | Delete
-
-
-@dataclass(frozen=True)
-class Blocked:
-    key: PodKey
-    reason: BlockReason
-    detail: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    actions: list[Action]
-    blocked: list[Blocked]
-    storm: bool
-    leaky: int  # serving pods whose gauge reads 1 right now
-    serving: int
-
-
-@dataclass(frozen=True)
-class Rules:
-    confirm_seconds: float = 120.0
-    budget: Budget = field(default_factory=lambda: Budget(count=1))
-    storm_fraction: float = 0.5
-    cooldown_seconds: float = 300.0
-    evict_after_seconds: float = 900.0
-    delete_grace_seconds: float = 300.0
-    dry_run: bool = False
-    retry_base_seconds: float = 15.0  # first eviction retry after a 429; doubles up to 16x
-    storm_min_pods: int = 2  # one leaky pod is a bad pod, never evidence of a bad release
+from media_operator.model import (
+    Action,
+    Blocked,
+    BlockReason,
+    Decision,
+    Delete,
+    Evict,
+    EvictionResult,
+    PodKey,
+    PodView,
+    Quarantine,
+    Reading,
+    Rules,
+    Source,
+)
 
 
 @dataclass
@@ -132,6 +40,30 @@ class _Track:
     next_evict_at: float = 0.0
     evicted: bool = False
     deleted: bool = False
+
+
+class _Candidate(NamedTuple):
+    """A serving pod with a confirmed leak; candidates sort by ``leak_since``, the oldest leak first."""
+
+    leak_since: float
+    key: PodKey
+    source: Source
+
+
+@dataclass
+class _Round:
+    """What the phases of one decision share: its inputs, and what it has decided so far."""
+
+    now: float
+    pods: list[PodView]
+    readings: Mapping[PodKey, Reading]
+    serving: list[PodView] = field(default_factory=list)
+    in_quarantine: int = 0  # this round's quarantines (and dry run's would-be ones) included
+    last_quarantine: float | None = None  # for the cooldown; this round's quarantine included
+    leaky: int = 0
+    storm: bool = False
+    actions: list[Action] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
 
 
 @dataclass
@@ -148,105 +80,172 @@ class Decider:
         self._tracks.setdefault(key, _Track()).alert_at = now
 
     def decide(self, now: float, pods: Iterable[PodView], readings: Mapping[PodKey, Reading]) -> Decision:
-        pods = list(pods)
+        """One round, phase by phase: each phase relies on the ones before it."""
+        r = _Round(now, list(pods), readings)
+        self._forget_gone_pods(r.pods)
+        self._settle_pending(r.pods)
+        r.serving, r.in_quarantine = self._serving_and_in_quarantine(r.pods)
+        r.last_quarantine = self._last_quarantine(r.pods)
+        self._drop_alerts_of_non_serving(r.pods, r.serving)
+        candidates = self._candidates(r)
+        r.storm = self._storm(r.leaky, len(r.serving))
+        for candidate in sorted(candidates):
+            self._admit(r, candidate)
+        self._evictions(r)
+        return Decision(r.actions, r.blocked, r.storm, r.leaky, len(r.serving))
+
+    def quarantine_failed(self, key: PodKey) -> None:
+        """The patch did not happen: the cooldown must not start, the pod stays a candidate."""
+        self._pending.pop(key, None)
+
+    def eviction_done(self, key: PodKey, now: float, result: EvictionResult) -> None:
+        track = self._tracks.setdefault(key, _Track())
+        if result is EvictionResult.EVICTED:
+            track.evicted = True
+        elif result is EvictionResult.DELETED:
+            track.deleted = True
+        else:
+            track.evict_attempts += 1
+            backoff = self.rules.retry_base_seconds * 2 ** min(track.evict_attempts - 1, 4)
+            track.next_evict_at = now + backoff
+
+    # The phases of a decision, in order.
+
+    def _forget_gone_pods(self, pods: list[PodView]) -> None:
+        """What is kept of a pod no longer in scope: nothing."""
         keys = {pod.key for pod in pods}
         for gone in set(self._tracks) - keys:
             del self._tracks[gone]
+
+    def _settle_pending(self, pods: list[PodView]) -> None:
+        """Which of our quarantines went through: the watch shows the label now, or the pod is gone.
+        Their time starts the cooldown."""
         unlabelled = {pod.key for pod in pods if not pod.quarantined}
-        for key in [k for k in self._pending if k not in unlabelled]:  # the watch caught up, or it is gone
+        for key in [k for k in self._pending if k not in unlabelled]:
             self._confirmed(self._pending.pop(key))
 
-        blocked: list[Blocked] = []
-        actions: list[Action] = []
+    def _serving_and_in_quarantine(self, pods: list[PodView]) -> tuple[list[PodView], int]:
+        """Which pods serve (the candidates' pool), and how many count against the budget: quarantined
+        and not on their way out, or quarantined by us with the label not seen yet."""
         serving = [p for p in pods if not p.quarantined and not p.terminating and p.key not in self._pending]
         in_quarantine = sum(1 for p in pods if (p.quarantined and not p.terminating) or p.key in self._pending)
+        return serving, in_quarantine
 
-        # The cooldown survives a restart through the quarantined pods' own annotations.
+    def _last_quarantine(self, pods: list[PodView]) -> float | None:
+        """When the newest quarantine happened, for the cooldown. It survives a restart through the
+        quarantined pods' own annotations."""
         annotated = [p.quarantined_at for p in pods if p.quarantined and p.quarantined_at is not None]
-        last = max([t for t in [self._last_quarantine_at, *self._pending.values(), *annotated] if t is not None],
-                   default=None)
+        times = [self._last_quarantine_at, *self._pending.values(), *annotated]
+        return max([t for t in times if t is not None], default=None)
 
-        # An alert is for serving pods only: one for a pod in quarantine (or on its way out) is dropped,
-        # so that it cannot count if the pod is ever put back into service.
-        for key in keys - {p.key for p in serving}:
+    def _drop_alerts_of_non_serving(self, pods: list[PodView], serving: list[PodView]) -> None:
+        """An alert is for serving pods only: one for a pod in quarantine (or on its way out) is
+        dropped, so that it cannot count if the pod is ever put back into service."""
+        for key in {p.key for p in pods} - {p.key for p in serving}:
             if key in self._tracks:
                 self._tracks[key].alert_at = None
 
-        candidates: list[tuple[float, PodKey, Source]] = []
-        leaky = 0
-        for pod in serving:
-            track = self._tracks.setdefault(pod.key, _Track())
-            reading = readings.get(pod.key)
-            alerted = track.alert_at is not None
-            track.alert_at = None
-            if reading is None or not reading.readable:
-                if track.leak_since is not None or alerted:
-                    blocked.append(Blocked(pod.key, BlockReason.UNREADABLE,
-                                           f"metrics cannot be read: {reading.error if reading else 'not scraped'}"))
-                track.leak_since = None
-                track.reported = None
-                continue
-            if reading.leak:
-                leaky += 1
-                if track.leak_since is None:
-                    track.leak_since = now
-            elif track.leak_since is not None:
-                held = now - track.leak_since
-                if held < self.rules.confirm_seconds:
-                    # Back to 0 before the window was over: not a confirmed leak. (A confirmed pod
-                    # that was blocked and has recovered since is simply no candidate any more.)
-                    blocked.append(Blocked(pod.key, BlockReason.FLAPPING,
-                                           f"leak gauge fell back to 0 after {held:.0f}s "
-                                           f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
-                track.leak_since = None
-                track.reported = None
-            if alerted and reading.leak:
-                # The alert stands in for the confirmation window, not for the reading: a pod whose
-                # gauge reads 0 now has recovered (or the alert is stale), and the alert is dropped.
-                assert track.leak_since is not None
-                candidates.append((track.leak_since, pod.key, Source.ALERTMANAGER))
-            elif track.leak_since is not None and now - track.leak_since >= self.rules.confirm_seconds:
-                candidates.append((track.leak_since, pod.key, Source.SCRAPE))
-            else:
-                track.reported = None
+    def _candidates(self, r: _Round) -> list[_Candidate]:
+        """Which serving pods have a confirmed leak; counts the leaky ones on the way."""
+        candidates = []
+        for pod in r.serving:
+            candidate = self._confirmation(r, pod)
+            if candidate is not None:
+                candidates.append(candidate)
+        return candidates
 
-        storm = leaky >= self.rules.storm_min_pods and leaky >= self.rules.storm_fraction * len(serving)
-        limit = self.rules.budget.limit(len(pods))
-        for leak_since, key, source in sorted(candidates):
-            track = self._tracks[key]
-            reason: BlockReason | None = None
-            if storm:
-                reason, detail = BlockReason.STORM, (
-                    f"{leaky} of {len(serving)} serving pods look leaky at once: a bad release, not a bad pod")
-            elif in_quarantine >= limit:
-                reason, detail = BlockReason.BUDGET, (
-                    f"{in_quarantine} pod(s) in quarantine, budget {self.rules.budget} allows {limit}")
-            elif last is not None and now - last < self.rules.cooldown_seconds:
-                reason, detail = BlockReason.COOLDOWN, (
-                    f"last quarantine {now - last:.0f}s ago, cooldown {self.rules.cooldown_seconds:.0f}s")
-            elif self.rules.dry_run:
-                # Counted within this decision only, so that dry-run shows what one round would do.
-                in_quarantine += 1
-                reason, detail = BlockReason.DRY_RUN, f"dry run: would quarantine ({source.value})"
-            if reason is not None:
-                if track.reported != reason:
-                    track.reported = reason
-                    blocked.append(Blocked(key, reason, detail))
-                continue
-            actions.append(Quarantine(key, source, leak_since))
-            in_quarantine += 1
-            last = now
-            self._pending[key] = now
+    def _confirmation(self, r: _Round, pod: PodView) -> _Candidate | None:
+        """Whether one serving pod's leak is confirmed: its gauge held 1 for the window, or an alert
+        came and it reads 1 now. A pod that cannot be read, or whose gauge fell back to 0 within the
+        window, is blocked (unreadable, flapping) and starts over."""
+        track = self._tracks.setdefault(pod.key, _Track())
+        reading = r.readings.get(pod.key)
+        alerted = track.alert_at is not None
+        track.alert_at = None  # consumed by this round either way
+        if reading is None or not reading.readable:
+            if track.leak_since is not None or alerted:
+                r.blocked.append(Blocked(pod.key, BlockReason.UNREADABLE,
+                                         f"metrics cannot be read: {reading.error if reading else 'not scraped'}"))
+            track.leak_since = None
             track.reported = None
+            return None
+        if reading.leak:
+            r.leaky += 1
+            if track.leak_since is None:
+                track.leak_since = r.now
+        elif track.leak_since is not None:
+            held = r.now - track.leak_since
+            if held < self.rules.confirm_seconds:
+                # Back to 0 before the window was over: not a confirmed leak. (A confirmed pod
+                # that was blocked and has recovered since is simply no candidate any more.)
+                r.blocked.append(Blocked(pod.key, BlockReason.FLAPPING,
+                                         f"leak gauge fell back to 0 after {held:.0f}s "
+                                         f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
+            track.leak_since = None
+            track.reported = None
+        if alerted and reading.leak:
+            # The alert stands in for the confirmation window, not for the reading: a pod whose
+            # gauge reads 0 now has recovered (or the alert is stale), and the alert is dropped.
+            assert track.leak_since is not None
+            return _Candidate(track.leak_since, pod.key, Source.ALERTMANAGER)
+        if track.leak_since is not None and r.now - track.leak_since >= self.rules.confirm_seconds:
+            return _Candidate(track.leak_since, pod.key, Source.SCRAPE)
+        track.reported = None
+        return None
 
-        for pod in pods:
+    def _storm(self, leaky: int, serving: int) -> bool:
+        """Whether so many serving pods look leaky at once that it is a bad release, not bad pods."""
+        return leaky >= self.rules.storm_min_pods and leaky >= self.rules.storm_fraction * serving
+
+    def _admit(self, r: _Round, candidate: _Candidate) -> None:
+        """Whether a candidate is quarantined now; a block is reported once per candidacy."""
+        track = self._tracks[candidate.key]
+        blocked = self._gate(r, candidate)
+        if blocked is not None:
+            if track.reported != blocked.reason:
+                track.reported = blocked.reason
+                r.blocked.append(blocked)
+            return
+        r.actions.append(Quarantine(candidate.key, candidate.source, candidate.leak_since))
+        r.in_quarantine += 1
+        r.last_quarantine = r.now
+        self._pending[candidate.key] = r.now
+        track.reported = None
+
+    def _gate(self, r: _Round, candidate: _Candidate) -> Blocked | None:
+        """What blocks a candidate, the first that applies: a storm, the budget, the cooldown, dry run."""
+        limit = self.rules.budget.limit(len(r.pods))
+        if r.storm:
+            return Blocked(candidate.key, BlockReason.STORM,
+                           f"{r.leaky} of {len(r.serving)} serving pods look leaky at once: "
+                           "a bad release, not a bad pod")
+        if r.in_quarantine >= limit:
+            return Blocked(candidate.key, BlockReason.BUDGET,
+                           f"{r.in_quarantine} pod(s) in quarantine, budget {self.rules.budget} allows {limit}")
+        if r.last_quarantine is not None and r.now - r.last_quarantine < self.rules.cooldown_seconds:
+            return Blocked(candidate.key, BlockReason.COOLDOWN,
+                           f"last quarantine {r.now - r.last_quarantine:.0f}s ago, "
+                           f"cooldown {self.rules.cooldown_seconds:.0f}s")
+        if self.rules.dry_run:
+            # Counted within this decision only, so that dry-run shows what one round would do.
+            r.in_quarantine += 1
+            return Blocked(candidate.key, BlockReason.DRY_RUN,
+                           f"dry run: would quarantine ({candidate.source.value})")
+        return None
+
+    def _evictions(self, r: _Round) -> None:
+        """Which quarantined pods (ours once the label is seen, or quarantined by hand) go now."""
+        for pod in r.pods:
             if pod.quarantined and not pod.terminating and pod.key not in self._pending:
-                action = self._eviction(now, pod, readings.get(pod.key), blocked)
+                action = self._eviction(r.now, pod, r.readings.get(pod.key), r.blocked)
                 if action is not None:
-                    actions.append(action)
-        return Decision(actions, blocked, storm, leaky, len(serving))
+                    r.actions.append(action)
+
+    # Helpers of the phases.
 
     def _eviction(self, now: float, pod: PodView, reading: Reading | None, blocked: list[Blocked]) -> Action | None:
+        """Whether one quarantined pod is evicted (no sessions left, or its deadline passed) or, as a
+        last resort after the grace period, deleted; with eviction backoff after a refusal."""
         track = self._tracks.setdefault(pod.key, _Track())
         if track.deleted:
             return None
@@ -276,22 +275,6 @@ class Decider:
         start = pod.quarantined_at if pod.quarantined_at is not None else first_seen
         return start + self.rules.evict_after_seconds
 
-    def quarantine_failed(self, key: PodKey) -> None:
-        """The patch did not happen: the cooldown must not start, the pod stays a candidate."""
-        self._pending.pop(key, None)
-
     def _confirmed(self, at: float) -> None:
         if self._last_quarantine_at is None or at > self._last_quarantine_at:
             self._last_quarantine_at = at
-
-    def eviction_done(self, key: PodKey, now: float, result: EvictionResult) -> None:
-        track = self._tracks.setdefault(key, _Track())
-        if result is EvictionResult.EVICTED:
-            track.evicted = True
-        elif result is EvictionResult.DELETED:
-            track.deleted = True
-        else:
-            track.evict_attempts += 1
-            backoff = self.rules.retry_base_seconds * 2 ** min(track.evict_attempts - 1, 4)
-            track.next_evict_at = now + backoff
-

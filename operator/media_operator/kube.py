@@ -17,7 +17,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
-from media_operator.decisions import EvictionResult, PodKey, PodView
+from media_operator.model import EvictionResult, PodKey, PodView
 
 COMPONENT = "media-operator"
 REQUEST_TIMEOUT = 10.0  # seconds; one slow API call must not stall the round

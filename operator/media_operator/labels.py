@@ -6,10 +6,9 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from media_operator.decisions import PodView
-from media_operator.settings import POOL_LABEL
+from media_operator.model import PodView
 
-POOL = POOL_LABEL
+POOL = "media-service/pool"  # a selector must not use it (settings.parse_selector refuses it)
 SERVING = "serving"
 QUARANTINED = "quarantined"
 QUARANTINED_AT = "media-service/quarantined-at"

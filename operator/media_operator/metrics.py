@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from media_operator.decisions import BlockReason, EvictionResult, Source
+from media_operator.model import BlockReason, EvictionResult, Source
 
 SCRAPE_RESULTS = ("ok", "error", "unparseable")
 ACTIONS = ("quarantine", "evict", "delete")

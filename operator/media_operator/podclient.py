@@ -10,7 +10,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from media_operator.decisions import PodKey, Reading
+from media_operator.model import PodKey, Reading
 from media_operator.promtext import Unparseable, parse_reading
 
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from media_operator.decisions import PodKey, PodView
 from media_operator.labels import matches, pod_view
+from media_operator.model import PodKey, PodView
 
 
 @dataclass

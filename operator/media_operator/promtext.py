@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from media_operator.decisions import Reading
+from media_operator.model import Reading
 
 LEAK_GAUGE = "media_potential_goroutine_leak"
 SESSIONS_GAUGE = "media_sessions_active"

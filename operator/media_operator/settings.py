@@ -7,7 +7,6 @@ one line that names the variable.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -16,52 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from media_operator.labels import POOL as POOL_LABEL
+from media_operator.model import Budget
+
 PREFIX = "MEDIA_OPERATOR_"
 DEFAULT_SELECTOR = "app.kubernetes.io/name=media-service,app.kubernetes.io/component=media"
-#: The label the operator moves pods between pools with (labels.py); a selector must not use it.
-POOL_LABEL = "media-service/pool"
 
 
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """``maxQuarantined``: an absolute count, or a percentage of the matching pods."""
-
-    count: int | None = None
-    percent: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        text = text.strip()
-        if text.endswith("%"):
-            percent = float(text[:-1])
-            if not 0 <= percent <= 100:
-                raise ValueError("a percentage must be within 0%..100%")
-            return cls(percent=percent)
-        count = int(text)
-        if count < 0:
-            raise ValueError("a count must not be negative")
-        return cls(count=count)
-
-    def limit(self, matching_pods: int) -> int:
-        """How many pods may be in quarantine at once.
-
-        A percentage rounds down (like maxUnavailable), but a positive percentage of a non-empty
-        fleet allows at least one pod: otherwise "10%" of a small fleet would silently mean "never".
-        """
-        if self.count is not None:
-            return self.count
-        assert self.percent is not None
-        allowed = math.floor(matching_pods * self.percent / 100)
-        if allowed == 0 and self.percent > 0 and matching_pods > 0:
-            return 1
-        return allowed
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
 
 
 def parse_selector(text: str) -> dict[str, str]:

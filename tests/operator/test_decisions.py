@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from media_operator.decisions import (
+import ast
+from pathlib import Path
+
+import media_operator
+from media_operator.decisions import Decider
+from media_operator.model import (
     BlockReason,
-    Decider,
+    Budget,
     Delete,
     Evict,
     EvictionResult,
@@ -14,7 +19,6 @@ from media_operator.decisions import (
     Rules,
     Source,
 )
-from media_operator.settings import Budget
 
 LEAK = Reading(leak=True, sessions=3)
 OK = Reading(leak=False, sessions=3)
@@ -354,3 +358,15 @@ def test_one_action_per_pod_per_decision():
     d = decider.decide(120, fleet, r)
     keys = [a.key for a in d.actions]
     assert len(keys) == len(set(keys)) and set(keys) == {key(1), key(2), ("ns", "q")}
+
+
+def _operator_imports(module: str) -> set[str]:
+    tree = ast.parse((Path(media_operator.__file__).parent / f"{module}.py").read_text())
+    return {node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("media_operator")}
+
+
+def test_the_model_imports_nothing_of_the_operator_and_the_logic_only_the_model():
+    # The bottom two layers (model, then the decision logic): imports run downwards only.
+    assert _operator_imports("model") == set()
+    assert _operator_imports("decisions") == {"media_operator.model"}

@@ -16,7 +16,7 @@ from media_operator.labels import (
     quarantine_patch,
     rfc3339,
 )
-from media_operator.decisions import Reading
+from media_operator.model import Reading
 from media_operator.podclient import summarize_tasks
 from media_operator.podstore import PodStore
 from media_operator.promtext import Unparseable, parse_reading

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from media_operator.settings import OPTIONS, Budget, SettingsError, load
+from media_operator.model import Budget
+from media_operator.settings import OPTIONS, SettingsError, load
 
 
 def test_defaults_match_the_contract():

@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from media_operator.alerts import AlertTriage
 from media_operator.app import build_registry, kopf_settings
 from media_operator.controller import Controller, RoundStats
-from media_operator.decisions import Decider, Rules
+from media_operator.decisions import Decider
 from media_operator.metrics import OperatorMetrics
+from media_operator.model import Rules
 from media_operator.podclient import PodClient
 from media_operator.podstore import PodStore
 from media_operator.settings import Settings
