@@ -21,6 +21,7 @@ REQUIRED_ALERTS = {
     "MediaServiceGoroutineLeak", "MediaServiceTaskGrowth", "MediaServiceOrphanedTasks",
     "MediaServiceDrainStuck", "MediaServiceNotReady", "MediaServiceSlowClientsDropped",
     "MediaServiceIceCandidateFlood", "MediaServiceTargetDown", "MediaServiceTargetAbsent",
+    "MediaServiceFileDescriptorGrowth", "MediaServiceFileDescriptorsNearLimit", "MediaServiceMemoryGrowth",
     "MediaOperatorDown", "MediaOperatorQuarantineBlocked", "MediaOperatorScrapeFailures",
 }
 
@@ -134,6 +135,18 @@ def test_rules_use_only_metrics_that_exist() -> None:
     unknown = used - exposed - OPERATOR_METRICS
     assert unknown == set(), f"rules read metrics nobody exposes: {unknown}"
     assert "media_potential_goroutine_leak" in used
+
+
+def test_process_metrics_are_read_by_job() -> None:
+    """process_* series come from client_python's ProcessCollector, which the operator (and most
+    other programs Prometheus scrapes) exports too: a rule reading one must select its job."""
+    readers = 0
+    for rule in all_rules():
+        selectors = re.findall(r"\b(process_[a-z_]+)(\{[^}]*\})?", rule["expr"])
+        for name, labels in selectors:
+            assert re.search(r'\bjob="media-(service|operator)"', labels), (rule.get("alert"), name)
+        readers += bool(selectors)
+    assert readers >= 3
 
 
 def test_fast_variant_keeps_expressions_and_shortens_waits(tmp_path: Path) -> None:
