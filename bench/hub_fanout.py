@@ -49,7 +49,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tests.support.media_process import start_media_service, stop_media_service
+from media_service.auth import read_secret
+from tests.support.media_process import TEST_SECRET, access_query, start_media_service, stop_media_service
 from tests.support.non_reader import NonReader
 
 FILL_MESSAGES = 4
@@ -81,7 +82,7 @@ class Healthy:
         self.last = -1
 
     @classmethod
-    async def open(cls, ws_url: str, device: str, sent_at: dict[int, int]) -> Healthy:
+    async def open(cls, ws_url: str, access: str, device: str, sent_at: dict[int, int]) -> Healthy:
         parts = urlsplit(ws_url)
         assert parts.hostname is not None and parts.port is not None
         loop = asyncio.get_running_loop()
@@ -90,7 +91,7 @@ class Healthy:
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, (parts.hostname, parts.port))
-            client = cls(sock, f"{ws_url}?user=room&device={device}", sent_at)
+            client = cls(sock, f"{ws_url}?device={device}&{access}", sent_at)
             client.protocol.send_request(client.protocol.connect())
             client.flush()
             loop.add_reader(sock.fileno(), client.on_readable)
@@ -177,6 +178,10 @@ class Target:
     admin_url: str
     log: Path | None  # the service's log when this benchmark started it
     pid: int | None  # and its process
+    secret: bytes = TEST_SECRET  # the service's token secret: the clients mint their tokens with it
+
+    def access(self, user: str) -> str:
+        return access_query(user, secret=self.secret)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -229,7 +234,7 @@ def drops_from_log(log: Path) -> dict[str, tuple[float, str]]:
 @contextlib.asynccontextmanager
 async def service(args: argparse.Namespace) -> AsyncIterator[Target]:
     if args.ws_url:
-        yield Target(args.ws_url, args.admin_url, None, None)
+        yield Target(args.ws_url, args.admin_url, None, None, read_secret(args.secret_file).key)
         return
     with tempfile.TemporaryDirectory() as tmp:
         env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is one connection relaying fast
@@ -255,7 +260,7 @@ async def run(args: argparse.Namespace) -> dict:
     n_healthy = args.clients - n_slow
     sent_at: dict[int, int] = {}  # seq → wall clock in ns, to compare with the kernel's stamps
     async with service(args) as target:
-        sender = await connect(f"{target.ws_url}?user=bench&device=sender")
+        sender = await connect(f"{target.ws_url}?device=sender&{target.access('bench')}")
         healthy: list[Healthy] = []
         slow: list[NonReader] = []
         try:
@@ -263,11 +268,16 @@ async def run(args: argparse.Namespace) -> dict:
             # sockets fill, and their sends block, right after the sender's fill messages.
             host, port = target_address(target.ws_url)
             slow = list(
-                await asyncio.gather(*(NonReader.open(host, port, f"/ws?user=room&device=n{i}") for i in range(n_slow)))
+                await asyncio.gather(
+                    *(NonReader.open(host, port, f"/ws?device=n{i}&{target.access('room')}") for i in range(n_slow))
+                )
             )
             for start in range(0, n_healthy, 50):
                 healthy += await asyncio.gather(
-                    *(Healthy.open(target.ws_url, f"h{i}", sent_at) for i in range(start, min(start + 50, n_healthy)))
+                    *(
+                        Healthy.open(target.ws_url, target.access("room"), f"h{i}", sent_at)
+                        for i in range(start, min(start + 50, n_healthy))
+                    )
                 )
             clients_gauge = await asyncio.to_thread(metric, target.admin_url, "media_ws_clients")
             timeouts_before = await asyncio.to_thread(metric, target.admin_url, "media_ws_send_timeouts_total")
@@ -388,12 +398,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.5", help="loopback address to start the service on")
     parser.add_argument("--ws-url", help="measure a running service, e.g. ws://127.0.0.1:8080/ws")
     parser.add_argument("--admin-url", help="its admin base URL, e.g. http://127.0.0.1:9090")
+    parser.add_argument("--secret-file", help="its MEDIA_AUTH_SECRET_FILE, to mint the clients' access tokens")
     args = parser.parse_args()
     for url in (args.ws_url, args.admin_url, f"http://{args.host}"):
         if url and not (urlsplit(url).hostname or "").startswith("127."):
             parser.error(f"{url}: loopback (127.0.0.0/8) only")
-    if bool(args.ws_url) != bool(args.admin_url):
-        parser.error("--ws-url and --admin-url go together")
+    if not (bool(args.ws_url) == bool(args.admin_url) == bool(args.secret_file)):
+        parser.error("--ws-url, --admin-url and --secret-file go together")
     if not 1 <= args.clients <= 5000 or not 1 <= args.messages <= 10_000 or not 1 <= args.rate <= 1000:
         parser.error("clients 1-5000, messages 1-10000, rate 1-1000")
     # Our sockets, plus the service's when we start it (it inherits the limit).

@@ -52,7 +52,9 @@ def test_service_runs_unprivileged_without_writing(tmp_path: Path) -> None:
     setpriv = require_tool("setpriv", install="apt-get install util-linux")
     port, admin = free_port(), free_port()
     env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1",
-           "MEDIA_HOST": "127.0.0.1", "MEDIA_PORT": str(port), "MEDIA_ADMIN_PORT": str(admin)}
+           "MEDIA_HOST": "127.0.0.1", "MEDIA_PORT": str(port), "MEDIA_ADMIN_PORT": str(admin),
+           "MEDIA_DEV": "1",  # an ephemeral token secret: no key file that nobody could read
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
     cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
            sys.executable, "-m", "media_service"]
     proc = subprocess.Popen(cmd, env=env, cwd="/", stderr=subprocess.PIPE, text=True)

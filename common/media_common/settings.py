@@ -69,13 +69,15 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
         kind = (meta["parse"].__doc__ or "").strip()
         detail = f"{kind}; default: {shown(default_of(f))}" if kind else f"default: {shown(default_of(f))}"
         # default=None: values are resolved in load(), so the environment (a token) never shows in --help.
-        parser.add_argument(
+        argument = parser.add_argument(
             flag(f),
             dest=f.name,
             default=None,
             metavar=meta["env"],
             help=f"{meta['help']} [{detail}]".replace("%", "%%"),
         )
+        if meta["parse"] is boolean:  # a yes/no setting's flag may stand alone: `--dev` means `--dev 1`
+            argument.nargs, argument.const = "?", "1"
     return parser
 
 

@@ -3,7 +3,6 @@ readiness, metrics, debug, drain). Admin routes never exist on the public listen
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable
 from importlib.resources import files
@@ -16,14 +15,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
+from media_service.auth import NAME, AuthError
 from media_service.core import MediaService
 from media_service.leak.asgi import OwnRequests
 from media_service.leak.routes import leak_routes
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.signaling import SignalingConnection
-from media_service.whip import whip_routes
-
-NAME = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
+from media_service.whip import auth_refusal, whip_routes
 
 
 class WebSocketSink:
@@ -42,8 +40,21 @@ class WebSocketSink:
 
 async def signaling(websocket: WebSocket) -> None:
     service: MediaService = websocket.app.state.service
-    user = websocket.query_params.get("user") or f"anonymous-{secrets.token_hex(4)}"
-    device = websocket.query_params.get("device") or secrets.token_hex(4)
+    params = websocket.query_params
+    # Before the WebSocket is accepted: a refused client costs no hub slot, no task, no session.
+    try:
+        identity = service.authenticate(
+            websocket.headers.get("authorization"),
+            params.get("access_token"),
+            transport="websocket",
+            peer=websocket.client.host if websocket.client else None,
+            claimed_user=params.get("user") or None,
+        )
+    except AuthError as exc:
+        await websocket.send_denial_response(auth_refusal(exc))
+        return
+    user = identity.user
+    device = params.get("device") or secrets.token_hex(4)
     await websocket.accept()
     if not (NAME.fullmatch(user) and NAME.fullmatch(device)):
         await websocket.send_json(
@@ -60,7 +71,7 @@ async def signaling(websocket: WebSocket) -> None:
         await websocket.close(1001, "draining")
         return
     client = service.hub.connect(user, device, WebSocketSink(websocket))
-    connection = SignalingConnection(service, client)
+    connection = SignalingConnection(service, client, identity.grants)
     try:
         while not client.closed.is_set():
             message = await websocket.receive()

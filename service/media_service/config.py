@@ -129,6 +129,34 @@ class Settings:
         _addresses,
         "addresses offered as host ICE candidates (comma list); empty: every non-loopback address",
     )
+    auth: str = setting(
+        "MEDIA_AUTH",
+        "token",
+        choice("token", "none"),
+        "token: clients need a signed access token; none: anyone is whoever they say (local development only)",
+    )
+    auth_secret_file: str = setting(
+        "MEDIA_AUTH_SECRET_FILE", "", common.text, "file holding the HMAC secret that verifies HS256 access tokens"
+    )
+    auth_jwks_file: str = setting(
+        "MEDIA_AUTH_JWKS_FILE",
+        "",
+        common.text,
+        "JWKS file of public keys (ES256, EdDSA, RS256) that verify access tokens, chosen by kid",
+    )
+    auth_audience: str = setting(
+        "MEDIA_AUTH_AUDIENCE", "", common.text, "the 'aud' access tokens must carry; empty: not checked"
+    )
+    auth_issuer: str = setting(
+        "MEDIA_AUTH_ISSUER", "", common.text, "the 'iss' access tokens must carry; empty: not checked"
+    )
+    dev: bool = setting(
+        "MEDIA_DEV",
+        False,
+        boolean,
+        "development mode: an ephemeral token secret (unless MEDIA_AUTH_SECRET_FILE is set) and the demo page's URL "
+        "with a token printed at start",
+    )
     fault_injection: bool = setting(
         "MEDIA_FAULT_INJECTION", False, boolean, "enable POST/DELETE /debug/leak on the admin port (fire drills)"
     )
@@ -142,10 +170,23 @@ class Settings:
         return self.admin_host or self.host
 
 
+def check(settings: Settings) -> Settings:
+    """Rules between settings; SettingsError names the variables."""
+    keys = settings.auth_secret_file or settings.auth_jwks_file
+    if settings.auth == "token" and not keys and not settings.dev:
+        raise SettingsError(
+            "no keys to verify access tokens: set MEDIA_AUTH_SECRET_FILE and/or MEDIA_AUTH_JWKS_FILE, "
+            "or MEDIA_DEV=1 for local development, or MEDIA_AUTH=none to turn authentication off"
+        )
+    if settings.auth == "none" and settings.dev:
+        raise SettingsError("MEDIA_DEV=1 needs MEDIA_AUTH=token: development mode mints tokens")
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     return common.build_parser(Settings, PROG, DESCRIPTION)
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags and environment; raises SettingsError on the first invalid value."""
-    return common.load(Settings, argv, environ, prog=PROG, description=DESCRIPTION)
+    return check(common.load(Settings, argv, environ, prog=PROG, description=DESCRIPTION))

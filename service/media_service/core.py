@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
+from media_common import logs
+from media_service.auth import AuthError, Identity, KeyFiles, Verifier, bearer
 from media_service.config import Settings
 from media_service.hub import Hub
 from media_service.leak.detector import LeakDetector, LeakSettings
@@ -9,11 +13,24 @@ from media_service.lifecycle import Lifecycle
 from media_service.metrics import ServiceMetrics
 from media_service.sessions import SessionManager
 
+log = logs.get("media_service.auth")
+
+
+def build_verifier(settings: Settings, dev_secret: bytes | None = None) -> Verifier | None:
+    """The verifier the settings ask for, None with MEDIA_AUTH=none; KeyConfigError if the key
+    files cannot be used. ``dev_secret`` is development mode's ephemeral secret."""
+    if settings.auth == "none":
+        return None
+    keys = KeyFiles(settings.auth_secret_file, settings.auth_jwks_file, extra_secret=dev_secret)
+    return Verifier(keys.current, audience=settings.auth_audience or None, issuer=settings.auth_issuer or None)
+
 
 class MediaService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, verifier: Verifier | None) -> None:
         self.settings = settings
+        self.verifier = verifier
         self.metrics = ServiceMetrics()
+        self.metrics.auth_enabled.set(verifier is not None)
         self.lifecycle = Lifecycle(self.metrics)
         self.leaks = LeakDetector(
             LeakSettings(
@@ -26,3 +43,29 @@ class MediaService:
         )
         self.hub = Hub(self.metrics, buffer=settings.ws_send_buffer, send_timeout=settings.ws_send_timeout)
         self.sessions = SessionManager(settings, self.metrics, accepting=lambda: self.lifecycle.accepting)
+
+    def authenticate(
+        self,
+        authorization: str | None,
+        query_token: str | None = None,
+        *,
+        transport: str,
+        peer: str | None,
+        claimed_user: str | None = None,
+    ) -> Identity:
+        """Who the client is: the token's subject (the ``Authorization: Bearer`` header, else the
+        ``access_token`` query value). A ``claimed_user`` (``?user=``) must be that subject. Every
+        refusal is counted and logged here, once, without the token. With MEDIA_AUTH=none the
+        client is whoever it claims to be, with every grant."""
+        if self.verifier is None:
+            return Identity(claimed_user or f"anonymous-{secrets.token_hex(4)}")
+        try:
+            token = bearer(authorization)
+            identity = self.verifier.verify(token if token is not None else query_token)
+            if claimed_user is not None and claimed_user != identity.user:
+                raise AuthError("user_mismatch", "?user= names another user than the access token")
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(reason=exc.reason).inc()
+            log.warning("auth_refused", transport=transport, reason=exc.reason, detail=str(exc), peer=peer)
+            raise
+        return identity

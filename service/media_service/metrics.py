@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, generate_latest
 
 from media_common.metrics import new_registry
+from media_service.auth import REASONS as AUTH_REASONS
 from media_service.leak.ownership import OwnerState
 
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
@@ -54,6 +55,16 @@ class ServiceMetrics:
         self.ws_messages_rejected = Counter(
             "media_ws_messages_rejected", "client messages refused, by error code", ["code"], registry=r
         )
+        # Authentication.
+        self.auth_enabled = Gauge(
+            "media_auth_enabled", "1 when clients need an access token, 0 with MEDIA_AUTH=none", registry=r
+        )
+        self.auth_failures = Counter(
+            "media_auth_failures",
+            "connections and requests refused for their access token, by reason",
+            ["reason"],
+            registry=r,
+        )
         # Lifecycle.
         self.draining = Gauge("media_draining", "1 while draining", registry=r)
         self.ready = Gauge("media_ready", "1 while ready to take new sessions", registry=r)
@@ -63,6 +74,8 @@ class ServiceMetrics:
             self.asyncio_tasks.labels(owner=state.value)
         for reason in CLOSE_REASONS:
             self.sessions_closed.labels(reason=reason)
+        for reason in AUTH_REASONS:
+            self.auth_failures.labels(reason=reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import uvicorn
 
 from media_common import logs
 from media_service.app import admin_app, public_app
+from media_service.auth import Verifier
 from media_service.config import Settings
 from media_service.core import MediaService
 from media_service.lifecycle import RETRY_AFTER_SECONDS
@@ -57,9 +59,10 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class Runner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, verifier: Verifier | None, *, banner: str | None = None) -> None:
         self.settings = settings
-        self.service = MediaService(settings)
+        self.service = MediaService(settings, verifier)
+        self._banner = banner  # printed once listening (development mode's page address)
         self._signals = 0
         self._exit_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -103,7 +106,12 @@ class Runner:
                     admin=f"{settings.admin_bind_host}:{settings.admin_port}",
                     max_sessions=settings.max_sessions,
                     drain_seconds=settings.drain_seconds,
+                    auth=settings.auth,
                 )
+                if service.verifier is None:
+                    log.warning("auth_disabled", detail="MEDIA_AUTH=none: every client is whoever it says it is")
+                if self._banner:
+                    print(self._banner, file=sys.stderr, flush=True)
             stop = loop.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *servers], return_when=asyncio.FIRST_COMPLETED)
             if stop not in done:  # a listener ended on its own: nothing can be served any more

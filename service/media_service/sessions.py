@@ -70,6 +70,12 @@ class Draining(SessionError):
     retryable = True
 
 
+class Forbidden(SessionError):
+    """The access token does not grant this."""
+
+    code = "forbidden"
+
+
 @dataclass(eq=False)
 class Session:
     id: str
@@ -77,6 +83,7 @@ class Session:
     owner: Owner
     candidates: int = 0
     listeners: list[OnClosed] = field(default_factory=list)
+    user: str | None = None  # who opened it: only that user's tokens may change or end it
 
 
 class SessionManager:
@@ -108,16 +115,18 @@ class SessionManager:
         except KeyError:
             raise UnknownSession(f"no session {session_id!r}") from None
 
-    async def open(self, offer_sdp: Any, on_closed: OnClosed | None = None) -> tuple[Session, str]:
+    async def open(
+        self, offer_sdp: Any, on_closed: OnClosed | None = None, *, user: str | None = None
+    ) -> tuple[Session, str]:
         """Answer an offer: returns the new session and the answer SDP. Refusals are counted here,
         whichever way the offer came (WebSocket or WHIP)."""
         try:
-            return await self._open(offer_sdp, on_closed)
+            return await self._open(offer_sdp, on_closed, user)
         except SessionError as exc:
             self._metrics.sessions_rejected.labels(code=exc.code).inc()
             raise
 
-    async def _open(self, offer_sdp: Any, on_closed: OnClosed | None) -> tuple[Session, str]:
+    async def _open(self, offer_sdp: Any, on_closed: OnClosed | None, user: str | None) -> tuple[Session, str]:
         if self._shut.is_set() or not self._accepting():
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
@@ -132,7 +141,7 @@ class SessionManager:
         try:
             with owned_by(owner):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
-                session = Session(session_id, pc, owner)
+                session = Session(session_id, pc, owner, user=user)
                 if on_closed is not None:
                     session.listeners.append(on_closed)
                 self._wire(session)

@@ -11,8 +11,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from media_common import logs
+from media_service.auth import ALL, Grants
 from media_service.ratelimit import TokenBucket
-from media_service.sessions import BadRequest, Session, SessionError, SessionLimit, UnknownSession
+from media_service.sessions import BadRequest, Forbidden, Session, SessionError, SessionLimit, UnknownSession
 
 if TYPE_CHECKING:
     from media_service.core import MediaService
@@ -27,9 +28,10 @@ RATE_ERROR_INTERVAL = 1.0
 
 
 class SignalingConnection:
-    def __init__(self, service: MediaService, client: Client) -> None:
+    def __init__(self, service: MediaService, client: Client, grants: Grants = ALL) -> None:
         self._service = service
         self._client = client
+        self._grants = grants  # what the client's access token allows
         self.sessions: set[str] = set()
         limit = service.settings.ws_rate_limit
         self._bucket = TokenBucket(rate=limit, burst=max(1.0, 2 * limit))
@@ -101,10 +103,14 @@ class SignalingConnection:
             await self._service.sessions.close(session_id, "closed")
 
     async def _offer(self, message: dict[str, Any]) -> None:
+        if not self._grants.publish:
+            raise Forbidden("the access token does not grant publish")
         if len(self.sessions) >= MAX_SESSIONS_PER_CONNECTION:
             self._service.metrics.sessions_rejected.labels(code="session_limit").inc()
             raise SessionLimit(f"at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection")
-        session, answer = await self._service.sessions.open(message.get("sdp"), on_closed=self._session_closed)
+        session, answer = await self._service.sessions.open(
+            message.get("sdp"), on_closed=self._session_closed, user=self._client.user
+        )
         self.sessions.add(session.id)
         self.send({"type": "answer", "session": session.id, "sdp": answer})
 
@@ -130,6 +136,8 @@ class SignalingConnection:
         to = message.get("to")
         if not isinstance(to, str) or not to:
             raise BadRequest("message needs a non-empty 'to' string")
+        if not self._grants.may_message(to):
+            raise Forbidden(f"the access token does not grant messages to {to[:64]!r}")
         relayed = {
             "type": "message",
             "from": {"user": self._client.user, "device": self._client.device},

@@ -10,8 +10,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from media_common import logs
+from media_service.auth import AuthError, Identity
 from media_service.lifecycle import RETRY_AFTER_SECONDS
-from media_service.sessions import BadRequest, SessionError
+from media_service.sessions import BadRequest, SessionError, UnknownSession
 
 if TYPE_CHECKING:
     from media_service.core import MediaService
@@ -24,10 +25,11 @@ CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, If-Match, Authorization",
-    "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After",
+    "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After, WWW-Authenticate",
 }
 STATUS = {
     "bad_request": 400,
+    "forbidden": 403,
     "unknown_session": 404,
     "ice_candidate_limit": 422,
     "session_limit": 503,
@@ -71,8 +73,34 @@ def error(code: str, message: str, headers: dict[str, str] | None = None) -> JSO
     return JSONResponse({"error": code, "message": message}, STATUS.get(code, 400), {**CORS, **(headers or {})})
 
 
+def auth_refusal(exc: AuthError) -> JSONResponse:
+    """The answer to a refused token, for WHIP and for the WebSocket handshake alike: 401 with the
+    reason (RFC 6750: no error code when no token came), 403 for a token of another user."""
+    if exc.reason == "user_mismatch":
+        return JSONResponse({"error": "forbidden", "reason": exc.reason, "message": str(exc)}, 403, CORS)
+    challenge = 'Bearer realm="media-service"'
+    if exc.reason != "missing":
+        challenge += ', error="invalid_token"'
+    body = {"error": "unauthorized", "reason": exc.reason, "message": str(exc)}
+    return JSONResponse(body, 401, {**CORS, "WWW-Authenticate": challenge})
+
+
 def whip_routes(service: MediaService) -> list[Route]:
     limit = service.settings.whip_max_body_bytes
+
+    def authenticate(request: Request) -> Identity:
+        """Before the body is read: an unauthenticated request costs no parsing and no session."""
+        return service.authenticate(
+            request.headers.get("authorization"),
+            transport="whip",
+            peer=request.client.host if request.client else None,
+        )
+
+    def own(session_id: str, identity: Identity) -> None:
+        """A session of another user answers as one that does not exist: 404, nothing revealed."""
+        session = service.sessions.get(session_id)
+        if service.verifier is not None and session.user != identity.user:
+            raise UnknownSession(f"no session {session_id!r}")
 
     async def body_text(request: Request) -> str:
         declared = request.headers.get("content-length")
@@ -108,8 +136,15 @@ def whip_routes(service: MediaService) -> list[Route]:
             return error("internal", "internal error handling the request")
 
     async def create(request: Request) -> Response:
+        try:
+            identity = authenticate(request)
+        except AuthError as exc:
+            return auth_refusal(exc)
+        if not identity.grants.publish:
+            return error("forbidden", "the access token does not grant publish")
+
         async def handle(sdp: str) -> Response:
-            session, answer = await service.sessions.open(sdp)
+            session, answer = await service.sessions.open(sdp, user=identity.user)
             return Response(
                 answer,
                 201,
@@ -121,9 +156,13 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def trickle(request: Request) -> Response:
         session_id = request.path_params["session_id"]
+        try:
+            identity = authenticate(request)
+        except AuthError as exc:
+            return auth_refusal(exc)
 
         async def handle(body: str) -> Response:
-            service.sessions.get(session_id)  # 404 before parsing
+            own(session_id, identity)  # 404 before parsing
             for candidate in parse_sdpfrag(body):
                 await service.sessions.add_candidate(session_id, candidate)
             return Response(status_code=204, headers=CORS)
@@ -131,7 +170,14 @@ def whip_routes(service: MediaService) -> list[Route]:
         return await guarded(request, SDPFRAG, handle)
 
     async def delete(request: Request) -> Response:
-        if not await service.sessions.close(request.path_params["session_id"], "closed"):
+        session_id = request.path_params["session_id"]
+        try:
+            own(session_id, authenticate(request))
+        except AuthError as exc:
+            return auth_refusal(exc)
+        except UnknownSession:
+            return error("unknown_session", "no such session")
+        if not await service.sessions.close(session_id, "closed"):
             return error("unknown_session", "no such session")
         return Response(status_code=200, headers=CORS)
 

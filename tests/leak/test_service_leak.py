@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.support.media_process import FAST_LEAK_ENV, media_service
+from tests.support.media_process import FAST_LEAK_ENV, access_query, media_service
 
 DRILL_ENV = {**FAST_LEAK_ENV, "MEDIA_FAULT_INJECTION": "1"}
 
@@ -59,7 +59,7 @@ def test_the_drill_is_off_by_default(tmp_path: Path) -> None:
 async def _hold_clients(ws_url: str, count: int, connected: asyncio.Event, release: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         for i in range(count):
-            ws = await stack.enter_async_context(websockets.connect(f"{ws_url}?user=load{i}&device=d"))
+            ws = await stack.enter_async_context(websockets.connect(f"{ws_url}?device=d&{access_query(f'load{i}')}"))
             await ws.send(json.dumps({"type": "ping"}))
             assert json.loads(await ws.recv()) == {"type": "pong"}
         connected.set()

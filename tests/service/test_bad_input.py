@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.media_process import MediaProcess, media_service
+from tests.support.media_process import MediaProcess, auth_header, media_service
 from tests.support.peers import SignalingClient, make_peer, offer_sdp, only_codec, open_session
 
 CANDIDATE = "candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host"
@@ -112,7 +112,7 @@ async def test_offer_with_a_codec_aiortc_lacks(client: SignalingClient, media: M
     await client.send({"type": "offer", "sdp": sdp})
     error = await client.recv("error")
     assert error["code"] == "bad_request" and error["message"].startswith("offer rejected")
-    async with httpx.AsyncClient(base_url=media.public_url) as http:
+    async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
         response = await http.post("/whip", content=sdp, headers={"content-type": "application/sdp"})
     assert response.status_code == 400 and response.json()["error"] == "bad_request"
     assert response.headers["access-control-allow-origin"] == "*"
@@ -244,8 +244,8 @@ async def test_relay_reaches_every_device_of_the_user(media: MediaProcess, clien
     await bob2.close()
 
 
-async def test_invalid_user_is_refused(media: MediaProcess, no_leaks: None) -> None:
-    client = await SignalingClient.connect(media.ws_url, user="a%20b")
+async def test_invalid_device_is_refused(media: MediaProcess, no_leaks: None) -> None:
+    client = await SignalingClient.connect(media.ws_url, device="a%20b")
     assert (await client.recv("error"))["code"] == "bad_request"
     with pytest.raises(ConnectionClosed) as closed:
         await client.recv(timeout=10)
@@ -267,24 +267,24 @@ async def test_client_vanishing_mid_handshake_leaves_nothing(media: MediaProcess
 
 class TestWhipBadInput:
     async def test_wrong_content_type(self, media: MediaProcess) -> None:
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             response = await http.post("/whip", content="v=0", headers={"content-type": "text/plain"})
         assert response.status_code == 415
         assert response.json()["error"] == "unsupported_media_type"
 
     async def test_oversized_body(self, media: MediaProcess) -> None:
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             response = await http.post("/whip", content="v" * 9000, headers={"content-type": "application/sdp"})
         assert response.status_code == 413
 
     async def test_rejected_sdp(self, media: MediaProcess) -> None:
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             response = await http.post("/whip", content="garbage", headers={"content-type": "application/sdp"})
         assert response.status_code == 400
         assert response.json()["error"] == "bad_request"
 
     async def test_unknown_resource(self, media: MediaProcess) -> None:
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             patched = await http.patch(
                 "/whip/nope",
                 content="a=end-of-candidates\r\n",
@@ -295,7 +295,7 @@ class TestWhipBadInput:
         assert patched.json()["error"] == "unknown_session"
 
     async def test_admin_routes_are_not_public(self, media: MediaProcess) -> None:
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             for path in ("/metrics", "/health", "/ready", "/debug/tasks"):
                 assert (await http.get(path)).status_code == 404
             assert (await http.post("/admin/drain")).status_code == 404

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, media_service_async
+from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, auth_header, media_service_async
 from tests.support.peers import SignalingClient, make_peer, offer_sdp, open_session
 
 
@@ -33,7 +33,7 @@ async def test_session_cap_is_retryable(tmp_path: Path, no_leaks: None) -> None:
         await client.send({"type": "offer", "sdp": (await offer_sdp(extra))[0]})
         error = await client.recv("error")
         assert error["code"] == "session_limit"
-        async with httpx.AsyncClient(base_url=media.public_url) as http:
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
             refused = await http.post(
                 "/whip", content=(await offer_sdp(whip := make_peer()))[0], headers={"content-type": "application/sdp"}
             )

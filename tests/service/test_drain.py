@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.media_process import MediaProcess, start_media_service, stop_media_service
+from tests.support.media_process import TEST_SECRET, MediaProcess, auth_header, start_media_service, stop_media_service
 from tests.support.peers import SignalingClient, make_peer, offer_sdp, open_session
 
 
@@ -72,7 +72,7 @@ async def test_sigterm_drains_live_sessions_then_exits_0(media_factory, no_leaks
     # New sessions are refused with a retryable error; existing ones go on.
     await clients[0].send({"type": "offer", "sdp": (await offer_sdp(late := make_peer()))[0]})
     assert (await clients[0].recv("error"))["code"] == "draining"
-    async with httpx.AsyncClient(base_url=media.public_url) as http:
+    async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
         refused = await http.post(
             "/whip", content=(await offer_sdp(whip := make_peer()))[0], headers={"content-type": "application/sdp"}
         )
@@ -151,10 +151,10 @@ async def test_signal_before_ready_exits_cleanly(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "media_service", "--port", "0", "--admin-port", "0", "--host", "127.0.0.1"],
-        stderr=subprocess.PIPE,
-    )
+    secret = tmp_path / "secret"
+    secret.write_bytes(TEST_SECRET)
+    args = ["--port", "0", "--admin-port", "0", "--host", "127.0.0.1", "--auth-secret-file", str(secret)]
+    proc = subprocess.Popen([sys.executable, "-m", "media_service", *args], stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)  # likely during imports: the default action applies
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     proc.stderr.close()

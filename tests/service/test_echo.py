@@ -8,7 +8,7 @@ import httpx
 import pytest
 from aiortc import RTCSessionDescription
 
-from tests.support.media_process import MediaProcess, media_service
+from tests.support.media_process import MediaProcess, auth_header, media_service
 from tests.support.peers import SignalingClient, make_peer, offer_sdp, open_session
 
 
@@ -62,7 +62,7 @@ async def test_closing_the_socket_closes_its_sessions(media: MediaProcess, no_le
 async def test_whip_create_trickle_delete(media: MediaProcess, no_leaks: None) -> None:
     peer = make_peer(video=True, data=False)
     sdp, candidates = await offer_sdp(peer, trickle=True)
-    async with httpx.AsyncClient(base_url=media.public_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header(), timeout=10) as http:
         options = await http.options("/whip")
         assert options.status_code == 204
         assert options.headers["accept-post"] == "application/sdp"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support.media_process import MediaProcess, media_service_async
+from tests.support.media_process import MediaProcess, access_query, auth_header, media_service_async
 from tests.support.non_reader import NonReader
 
 HEALTHY = 50
@@ -73,13 +73,14 @@ async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_pa
     env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is deliberately fast; rate limiting is not under test
     async with media_service_async(tmp_path, host="127.0.0.3", env=env) as media:
         base = media.ws_url
-        healthy = [await connect(f"{base}?user=room&device=h{i}", max_size=None) for i in range(HEALTHY)]
+        healthy = [await connect(f"{base}?device=h{i}&{access_query('room')}", max_size=None) for i in range(HEALTHY)]
         seqs: list[list[int]] = [[] for _ in healthy]
         readers = [asyncio.create_task(read_messages(ws, s)) for ws, s in zip(healthy, seqs, strict=True)]
         non_readers = [
-            await NonReader.open(media.host, media.port, f"/ws?user=room&device=n{i}") for i in range(NON_READERS)
+            await NonReader.open(media.host, media.port, f"/ws?device=n{i}&{access_query('room')}")
+            for i in range(NON_READERS)
         ]
-        sender = await connect(f"{base}?user=sender&device=s")
+        sender = await connect(f"{base}?device=s", additional_headers=auth_header("sender"))
         try:
             await poll_metric(media, "media_ws_clients", lambda v: v == HEALTHY + NON_READERS + 1, 20)
             assert await metric(media, "media_ws_send_timeouts_total") == 0

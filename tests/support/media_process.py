@@ -1,7 +1,9 @@
 """Start the real media-service process on loopback ports, and stop it.
 
 Every integration test (service, operator, alerting path) uses this one helper, so that all of
-them run the same command a user runs: ``python -m media_service`` under uvicorn.
+them run the same command a user runs: ``python -m media_service`` under uvicorn. Like a real
+deployment, every process verifies access tokens: it gets a secret file, and clients mint their
+tokens with ``token()`` (tests of ``MEDIA_AUTH=none`` say so in their env).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,10 +19,31 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from media_service.auth import Grants, mint
 from tests.support.ports import free_port
+
+#: The HMAC secret of this test run: every media process verifies with it, every client mints with it.
+TEST_SECRET = secrets.token_bytes(32)
+
+
+def token(user: str = "alice", ttl: float = 3600, *, grants: Grants | None = None, secret: bytes = TEST_SECRET) -> str:
+    """An access token for ``user``, as ``media-service token`` would print it."""
+    return mint(secret, user, ttl, grants=grants)
+
+
+def auth_header(user: str = "alice", **kwargs: Any) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``user``: what WHIP clients and non-browser WebSockets send."""
+    return {"Authorization": f"Bearer {token(user, **kwargs)}"}
+
+
+def access_query(user: str = "alice", **kwargs: Any) -> str:
+    """The ``access_token`` query parameter for ``user``, as browsers send it."""
+    return f"access_token={token(user, **kwargs)}"
+
 
 #: Settings that make leak detection observable within a test's time.
 FAST_LEAK_ENV = {
@@ -109,6 +133,10 @@ def start_media_service(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
+    if "MEDIA_AUTH_SECRET_FILE" not in full_env:
+        secret_file = tmp_path / "media-auth-secret"
+        secret_file.write_bytes(TEST_SECRET)
+        full_env["MEDIA_AUTH_SECRET_FILE"] = str(secret_file)
     log_path = tmp_path / f"media-{host}-{port}.log"
     log_file = log_path.open("wb")
     proc = subprocess.Popen(

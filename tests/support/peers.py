@@ -15,6 +15,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from av import VideoFrame
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support import media_process
+
 CANDIDATE_LINE = re.compile(r"^a=candidate:.*$", re.MULTILINE)
 
 
@@ -43,8 +45,14 @@ class SignalingClient:
         self.inbox: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, url: str, user: str = "alice", device: str = "d1", **kwargs: Any) -> SignalingClient:
-        return cls(await connect(f"{url}?user={user}&device={device}", open_timeout=10, **kwargs))
+    async def connect(
+        cls, url: str, user: str = "alice", device: str = "d1", *, token: str | None = None, **kwargs: Any
+    ) -> SignalingClient:
+        """Connect as ``user`` with a token minted for it (or ``token``), sent as a bearer header."""
+        headers = {"Authorization": f"Bearer {token or media_process.token(user)}"}
+        return cls(
+            await connect(f"{url}?user={user}&device={device}", open_timeout=10, additional_headers=headers, **kwargs)
+        )
 
     async def send(self, message: dict[str, Any] | str) -> None:
         await self.ws.send(message if isinstance(message, str) else json.dumps(message))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -13,22 +14,41 @@ import pytest
 from media_service.config import Settings, SettingsError, load
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+#: The child imports the code under test, wherever it lives, and nothing else from this environment.
+PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+#: Settings are loaded without reading the key files: a path is enough here.
+KEYS = {"MEDIA_AUTH_SECRET_FILE": "/run/secrets/media-auth"}
 
 
 def test_defaults_are_the_contract() -> None:
-    s = load([], {})
+    s = load([], KEYS)
     assert (s.host, s.port, s.admin_port, s.drain_seconds) == ("0.0.0.0", 8080, 9090, 30.0)
     assert (s.max_ice_candidates, s.ws_send_buffer, s.ws_send_timeout) == (50, 256, 1.0)
     assert (s.leak_sample_interval, s.leak_baseline_samples, s.leak_factor) == (10.0, 30, 3.0)
     assert (s.max_sessions, s.ice_servers, s.fault_injection) == (500, (), False)
     assert s.admin_bind_host == "0.0.0.0"
+    assert (s.auth, s.auth_jwks_file, s.auth_audience, s.auth_issuer, s.dev) == ("token", "", "", "", False)
+
+
+def test_without_keys_the_service_refuses_to_start() -> None:
+    with pytest.raises(SettingsError) as error:
+        load([], {})
+    message = str(error.value)
+    assert "\n" not in message
+    for variable in ("MEDIA_AUTH_SECRET_FILE", "MEDIA_AUTH_JWKS_FILE", "MEDIA_AUTH=none", "MEDIA_DEV"):
+        assert variable in message
+    assert load([], {"MEDIA_AUTH": "none"}).auth == "none"
+    assert load([], {"MEDIA_AUTH_JWKS_FILE": "/keys.json"}).auth_jwks_file == "/keys.json"
+    assert load(["--dev"], {}).dev is True  # a yes/no flag may stand alone
+    with pytest.raises(SettingsError, match="MEDIA_DEV=1 needs MEDIA_AUTH=token"):
+        load(["--dev"], {"MEDIA_AUTH": "none"})
 
 
 def test_flag_wins_over_variable_over_default() -> None:
     env = {"MEDIA_PORT": "9000", "MEDIA_DRAIN_SECONDS": "5", "MEDIA_FAULT_INJECTION": "yes"}
-    s = load(["--port", "9001"], env)
+    s = load(["--port", "9001"], {**env, **KEYS})
     assert (s.port, s.drain_seconds, s.fault_injection) == (9001, 5.0, True)
-    assert load(["--admin-host", "127.0.0.1"], {}).admin_bind_host == "127.0.0.1"
+    assert load(["--admin-host", "127.0.0.1"], KEYS).admin_bind_host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
@@ -48,19 +68,19 @@ def test_flag_wins_over_variable_over_default() -> None:
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as error:
-        load([], env)
+        load([], {**env, **KEYS})
     assert str(error.value).startswith("invalid MEDIA_") and message in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_invalid_flag_names_the_flag() -> None:
     with pytest.raises(SettingsError, match=r"^invalid --max-sessions='0': expected an integer from 1"):
-        load(["--max-sessions", "0"], {})
+        load(["--max-sessions", "0"], KEYS)
 
 
 def test_ice_servers_parse() -> None:
     raw = '[{"urls": ["stun:stun.example.net"]}, {"urls": "turn:t.example.net", "username": "u", "credential": "p"}]'
-    servers = load([], {"MEDIA_ICE_SERVERS": raw}).ice_servers
+    servers = load([], {"MEDIA_ICE_SERVERS": raw, **KEYS}).ice_servers
     assert servers[1] == {"urls": "turn:t.example.net", "username": "u", "credential": "p"}
 
 
@@ -71,11 +91,24 @@ def test_command_line_help_and_errors() -> None:
     for field in dataclasses.fields(Settings):
         assert field.metadata["env"] in help_text
     bad = subprocess.run(
-        [sys.executable, "-m", "media_service"], env={"MEDIA_MAX_SESSIONS": "-1"}, capture_output=True, text=True
+        [sys.executable, "-m", "media_service"],
+        env={"MEDIA_MAX_SESSIONS": "-1", **PYTHONPATH},
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "media-service: invalid MEDIA_MAX_SESSIONS='-1': expected an integer from 1 to 100000"
+    ]
+    unreadable = subprocess.run(
+        [sys.executable, "-m", "media_service"],
+        env={"MEDIA_AUTH_SECRET_FILE": "/nonexistent/secret", **PYTHONPATH},
+        capture_output=True,
+        text=True,
+    )
+    assert unreadable.returncode == 2
+    assert unreadable.stderr.strip().splitlines() == [
+        "media-service: cannot read MEDIA_AUTH_SECRET_FILE=/nonexistent/secret: No such file or directory"
     ]
 
 
