@@ -19,8 +19,9 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.service
 
+# Development mode: an ephemeral token secret, and the demo page's address with a token printed at start.
 run: $(VENV)/.service
-	$(BIN)/media-service
+	$(BIN)/media-service --dev
 
 # System tools the tests drive for real: helm, prometheus, alertmanager, chromium.
 tools:

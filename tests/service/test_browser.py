@@ -1,6 +1,8 @@
 """Headless Chromium against the real service: the demo page's camera comes back echoed.
 
 The browser is Debian's chromium, driven by Playwright (no browser download: ``executable_path``).
+The service runs as ``make run`` runs it, in development mode, and the page is opened at the address
+it prints, access token included: the flow a developer follows.
 Chromium's fake camera and microphone feed the page; the service answers with 127.0.0.1 candidates
 only, and the test checks that the pair ICE selected ends at 127.0.0.1 and starts at an address of
 this host (Chromium ranks its loopback candidate last, so it may send from eth0's address; the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -156,19 +159,35 @@ def wait_stats(page: Page, condition: str, what: str, unless: str | None = None)
     return media_stats(page)
 
 
+#: `media-service --dev`: an ephemeral secret (no MEDIA_AUTH_SECRET_FILE), as `make run` starts it.
+DEV = {"args": ["--dev"], "env": {"MEDIA_AUTH_SECRET_FILE": ""}}
+
+
+def dev_address(media: MediaProcess, timeout: float = 10) -> str:
+    """The page address development mode prints once it listens."""
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(r"development mode; open (http://\S+)", media.log())):
+        assert time.monotonic() < deadline, f"no address printed:\n{media.log()}"
+        time.sleep(0.05)
+    return found.group(1)
+
+
 def open_page(browser: BrowserContext, media: MediaProcess, problems: list[str]) -> Page:
     page = browser.new_page()
     page.add_init_script(RECORD_SIGNALING)
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
-    page.goto(f"{media.public_url}/?user=browser-test&device=chromium")
+    address = dev_address(media)
+    assert address.startswith(f"{media.public_url}/?access_token=")
+    page.goto(f"{address}&device=chromium")
     assert page.title() == "media-service · echo"
+    assert page.locator("#identity").inner_text() == "dev · chromium"  # the token's subject
     assert media_stats(page)["state"] == "idle"
     return page
 
 
 def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> None:
-    with media_service(tmp_path) as media:
+    with media_service(tmp_path, **DEV) as media:
         problems: list[str] = []
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
@@ -231,7 +250,7 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
 def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> None:
     """A draining server tells the page to go elsewhere: it shows it, leaves its session after
     retry_after seconds and keeps retrying (here there is no other instance) until hung up."""
-    with media_service(tmp_path) as media:
+    with media_service(tmp_path, **DEV) as media:
         problems: list[str] = []
         page = open_page(browser, media, problems)
         page.get_by_role("button", name="Start").click()
