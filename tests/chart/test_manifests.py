@@ -99,7 +99,7 @@ def test_default_renders_the_whole_system_without_monitoring_crds() -> None:
     kinds = sorted(d["kind"] for d in render())
     assert kinds == sorted([
         "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Pod", "PodDisruptionBudget",
-        "Role", "RoleBinding", "Secret", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
+        "Role", "RoleBinding", "Secret", "Secret", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ])
 
 

@@ -26,6 +26,7 @@ SERVICE_SETTINGS = {
     "MEDIA_LEAK_ORPHAN_GRACE": "30", "MEDIA_MAX_SESSIONS": "500", "MEDIA_FAULT_INJECTION": "0",
     "MEDIA_WHIP_MAX_BODY_BYTES": "65536", "MEDIA_SESSION_CONNECT_TIMEOUT": "30", "MEDIA_SESSION_CLOSE_TIMEOUT": "5",
     "MEDIA_LOG_FORMAT": "json", "MEDIA_LOG_LEVEL": "info",
+    "MEDIA_AUTH": "token", "MEDIA_AUTH_SECRET_FILE": "/var/run/secrets/media-service/auth/secret",
 }
 OPERATOR_SETTINGS = {
     "MEDIA_OPERATOR_NAMESPACES": NAMESPACE,
@@ -271,7 +272,7 @@ def test_operator_off_renders_no_operator_object() -> None:
 
 def test_existing_webhook_secret_is_used_not_generated() -> None:
     docs = render({"operator": {"webhook": {"existingSecret": "am-token", "secretKey": "bearer"}}})
-    assert not objects(docs, "Secret")
+    assert [s["metadata"]["name"] for s in objects(docs, "Secret")] == ["media-media-service-auth"]
     volume = next(v for v in one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
                   if v["name"] == "webhook-token")
     assert volume["secret"]["secretName"] == "am-token"

@@ -28,6 +28,15 @@
 {{- default (printf "%s-webhook" (include "media-service.operatorName" .)) .Values.operator.webhook.existingSecret -}}
 {{- end -}}
 
+{{- define "media-service.authSecretName" -}}
+{{- default (printf "%s-auth" (include "media-service.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Whether the pods verify tokens with the HMAC secret (an existing or a generated Secret). */}}
+{{- define "media-service.authSecret" -}}
+{{- if and (not .Values.auth.allowAnonymous) (or .Values.auth.existingSecret .Values.auth.generateSecret) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "media-service.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "media-service.fullname" .) .Values.serviceAccount.name -}}
