@@ -17,7 +17,10 @@ from media_common.logs import LEVELS
 from media_common.settings import SettingsError, boolean, choice, host, integer, number, setting
 
 PROG = "media-service"
-DESCRIPTION = "WebRTC media service with bounded resources, leak detection and graceful drain."
+DESCRIPTION = (
+    "WebRTC media service with bounded resources, leak detection and graceful drain. "
+    "`media-service token --help`: mint an access token."
+)
 
 __all__ = ["Settings", "SettingsError", "build_parser", "load"]
 

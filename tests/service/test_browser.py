@@ -247,6 +247,20 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         page.close()
 
 
+def test_a_page_without_a_token_says_how_to_get_one(browser: BrowserContext, tmp_path: Path) -> None:
+    """Opened at the bare address, the page cannot connect, and tells the developer where the
+    address with a token is, rather than failing silently."""
+    with media_service(tmp_path) as media:
+        page = browser.new_page()
+        page.goto(f"{media.public_url}/")
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_function("() => window.mediaStats.state === 'closed'", timeout=DEADLINE_MS)
+        assert "needs an access token" in page.get_by_role("alert").inner_text()
+        assert media.metric("media_auth_failures_total", {"reason": "missing"}) == 1
+        assert media.metric("media_ws_clients") == 0
+        page.close()
+
+
 def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> None:
     """A draining server tells the page to go elsewhere: it shows it, leaves its session after
     retry_after seconds and keeps retrying (here there is no other instance) until hung up."""
