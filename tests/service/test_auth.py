@@ -337,6 +337,10 @@ async def test_auth_none_is_explicit_and_visible(tmp_path: Path, no_leaks: None)
             await ws.send(json.dumps({"type": "message", "to": "anyone", "data": 1}))
             message = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert message["from"] == {"user": "anyone", "device": "d"}
+        async with connect(f"{media.ws_url}?user=a%20b", open_timeout=10) as ws:  # names are still checked
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "bad_request"
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1008
     assert '"event": "auth_disabled"' in media.log() and '"level": "warning"' in media.log()
 
 
