@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Iterator
 from enum import Enum, StrEnum
 from typing import Any, Protocol
 
@@ -214,9 +213,6 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._clients)
-
-    def __iter__(self) -> Iterator[Client]:
-        return iter(list(self._clients))
 
     @property
     def clients(self) -> list[Client]:

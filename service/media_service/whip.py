@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from media_common import logs
+from media_service.errors import HTTP_STATUS, ErrorCode
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.sessions import BadRequest, SessionError
 
@@ -25,14 +26,6 @@ CORS = {
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, If-Match, Authorization",
     "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After",
-}
-STATUS = {
-    "bad_request": 400,
-    "unknown_session": 404,
-    "ice_candidate_limit": 422,
-    "session_limit": 503,
-    "draining": 503,
-    "internal": 500,
 }
 
 
@@ -67,8 +60,8 @@ def parse_sdpfrag(body: str) -> list[dict[str, Any] | None]:
     return candidates
 
 
-def error(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, STATUS.get(code, 400), {**CORS, **(headers or {})})
+def error(code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, HTTP_STATUS[code], {**CORS, **(headers or {})})
 
 
 def whip_routes(service: MediaService) -> list[Route]:
@@ -91,13 +84,11 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def guarded(request: Request, content_type: str, handler: Callable[[str], Awaitable[Response]]) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != content_type:
-            return JSONResponse(
-                {"error": "unsupported_media_type", "message": f"Content-Type must be {content_type}"}, 415, CORS
-            )
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {content_type}")
         try:
             return await handler(await body_text(request))
         except PayloadTooLarge:
-            return JSONResponse({"error": "payload_too_large", "message": f"body over {limit} bytes"}, 413, CORS)
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, f"body over {limit} bytes")
         except ClientDisconnect:
             return Response(status_code=400)
         except SessionError as exc:
@@ -105,7 +96,7 @@ def whip_routes(service: MediaService) -> list[Route]:
             return error(exc.code, str(exc), retry)
         except Exception:  # a bug: still a JSON answer with CORS, and a traceback in the log
             log.exception("whip_failed", method=request.method, path=request.url.path)
-            return error("internal", "internal error handling the request")
+            return error(ErrorCode.INTERNAL, "internal error handling the request")
 
     async def create(request: Request) -> Response:
         async def handle(sdp: str) -> Response:
@@ -132,7 +123,7 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def delete(request: Request) -> Response:
         if not await service.sessions.close(request.path_params["session_id"], "closed"):
-            return error("unknown_session", "no such session")
+            return error(ErrorCode.UNKNOWN_SESSION, "no such session")
         return Response(status_code=200, headers=CORS)
 
     async def options(request: Request) -> Response:
