@@ -26,7 +26,15 @@ run: $(VENV)/.service
 tools:
 	bash .ci/install-tools
 
-test: $(VENV)/.dev tools
+# The gates every change passes before the suite runs: lint, format, types and import layers.
+PY_SOURCES := common service operator tests bench
+lint: $(VENV)/.dev
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy common service operator
+	$(BIN)/lint-imports
+
+test: $(VENV)/.dev tools lint
 	PATH="$(TOOLS):$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -W error $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
@@ -51,4 +59,4 @@ push-images: images
 	$(CONTAINER_TOOL) push $(OPERATOR_IMAGE)
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info
+	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache

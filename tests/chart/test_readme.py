@@ -29,8 +29,9 @@ def test_values_table_is_in_sync() -> None:
 def test_every_value_is_documented() -> None:
     documented = {key for key, _ in documented_keys((CHART / "values.yaml").read_text())}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    undocumented = [leaf for leaf in leaves(values)
-                    if not any(leaf == key or leaf.startswith(key + ".") for key in documented)]
+    undocumented = [
+        leaf for leaf in leaves(values) if not any(leaf == key or leaf.startswith(key + ".") for key in documented)
+    ]
     assert undocumented == []
 
 
@@ -42,8 +43,15 @@ def test_table_generator_sees_a_new_comment() -> None:
 def test_readme_shows_install_with_the_values_people_change_first() -> None:
     text = README.read_text()
     assert "helm install media charts/media-service" in text
-    for value in ("image.repository", "image.tag", "ice.existingSecret", "hostNetwork",
-                  "metrics.serviceMonitor.labels", "alerts.labels", "operator.maxQuarantined"):
+    for value in (
+        "image.repository",
+        "image.tag",
+        "ice.existingSecret",
+        "hostNetwork",
+        "metrics.serviceMonitor.labels",
+        "alerts.labels",
+        "operator.maxQuarantined",
+    ):
         assert value in text.split("## WebRTC reachability")[0], value
 
 
