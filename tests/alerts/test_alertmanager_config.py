@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.alerts.test_rules import alert_rules
 from tests.support.alertmanager import (
     EXAMPLE_CONFIG as EXAMPLE,
 )
@@ -20,6 +19,7 @@ from tests.support.alertmanager import (
     example_config,
     route_receivers,
 )
+from tests.support.prometheus import alert_rules
 
 LEAK = "MediaServiceGoroutineLeak"
 

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.prometheus import ALERTS_DIR, REPO, fast_rules, require_tool, rule_files
+from tests.support.prometheus import (
+    ALERTS_DIR,
+    OPERATOR_METRICS,
+    REPO,
+    alert_rules,
+    all_rules,
+    fast_rules,
+    require_tool,
+    rule_files,
+    service_metric_names,
+)
 
 RUNBOOKS = REPO / "docs" / "runbooks"
 RUNBOOK_BASE = "https://github.com/media-service/media-service/blob/main/docs/runbooks/"
@@ -34,26 +44,6 @@ REQUIRED_ALERTS = {
     "MediaOperatorQuarantineBlocked",
     "MediaOperatorScrapeFailures",
 }
-
-# The operator's metric contract (the operator is built in parallel against these names).
-OPERATOR_METRICS = {
-    "media_operator_pods_watched",
-    "media_operator_scrapes_total",
-    "media_operator_quarantines_total",
-    "media_operator_decisions_blocked_total",
-    "media_operator_evictions_total",
-    "media_operator_storm",
-}
-
-
-def all_rules() -> list[dict]:
-    return [
-        rule for path in rule_files() for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
-    ]
-
-
-def alert_rules() -> list[dict]:
-    return [rule for rule in all_rules() if "alert" in rule]
 
 
 def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -133,16 +123,6 @@ def test_leak_alert_is_the_contract() -> None:
     assert leak["expr"].strip() == "media_potential_goroutine_leak == 1"
     assert leak["for"] == "5m"
     assert leak["labels"]["severity"] == "warning"
-
-
-def service_metric_names() -> set[str]:
-    """Series names the service exposes (counters with their _total), labelled or not."""
-    from media_service.metrics import ServiceMetrics
-
-    return {
-        f"{family.name}_total" if family.type == "counter" else family.name
-        for family in ServiceMetrics().registry.collect()
-    }
 
 
 def test_rules_use_only_metrics_that_exist() -> None:

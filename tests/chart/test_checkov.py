@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import ALL_ON, CHART, template
+from tests.support.chart import ALL_ON, CHART, template
 from tests.support.tools import require_tool
 
 SKIPS_BEGIN = "<!-- checkov-skips:begin -->"

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import ALL_ON, one, render
-from tests.chart.test_structure import container
+from tests.support.chart import ALL_ON, container, one, render
 
 CHANGED = {
     "config": {

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.alerts.test_rules import OPERATOR_METRICS, service_metric_names
-from tests.chart.render import ALL_ON, CHART, one, render
-from tests.support.prometheus import require_tool
+from tests.support.chart import ALL_ON, CHART, one, render
+from tests.support.prometheus import OPERATOR_METRICS, require_tool, service_metric_names
 
 DASHBOARD = CHART / "dashboards" / "media-service.json"
 

@@ -14,7 +14,7 @@ import referencing
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from tests.chart.render import ALL_ON, CHART, helm, load_all, render, template, values_file
+from tests.support.chart import ALL_ON, CHART, helm, load_all, render, template, values_file
 
 SCHEMAS = Path(__file__).parent / "schemas"
 CRD_SCHEMAS = {

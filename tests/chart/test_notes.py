@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import CHART, NAMESPACE, RELEASE, helm, values_file
+from tests.support.chart import CHART, NAMESPACE, RELEASE, helm, values_file
 
 
 def notes(values: dict[str, Any] | None, tmp_path: Any) -> str:

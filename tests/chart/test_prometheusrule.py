@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, helm, load_all, objects, one, render
+from tests.support.chart import ALL_ON, CHART, helm, load_all, objects, one, render
 from tests.support.prometheus import require_tool, rule_files
 
 OPERATOR_RULES = "media-operator.rules.yaml"

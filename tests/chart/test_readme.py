@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from tests.chart.render import CHART
-from tests.chart.values_doc import BEGIN, END, documented_keys, table
+from tests.support.chart import CHART
 from tests.support.tools import REPO
+from tests.support.values_doc import BEGIN, END, documented_keys, table
 
 README = CHART / "README.md"
 
@@ -23,7 +23,7 @@ def leaves(node: Any, prefix: str = "") -> list[str]:
 def test_values_table_is_in_sync() -> None:
     text = README.read_text()
     section = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    assert section == table(), "run `python -m tests.chart.values_doc --write`"
+    assert section == table(), "run `python -m tests.support.values_doc --write`"
 
 
 def test_every_value_is_documented() -> None:

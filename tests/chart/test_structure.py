@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, NAMESPACE, RELEASE, objects, one, render, template
+from tests.support.chart import ALL_ON, CHART, NAMESPACE, RELEASE, container, objects, one, render, template
 
 POOL = {"media-service/pool": "serving"}
 MEDIA_LABELS = {
@@ -94,11 +94,6 @@ def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 def media_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(docs, "Deployment", "media")
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
-    return c
 
 
 def env(c: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, template
+from tests.support.chart import ALL_ON, CHART, template
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 
-from tests.chart.render import CHART, NAMESPACE, RELEASE, load_all, one
+from tests.support.chart import CHART, NAMESPACE, RELEASE, load_all, one
 from tests.support.prometheus import require_tool
 
 SECRET = f"{RELEASE}-media-service-operator-webhook"
@@ -120,7 +120,7 @@ async def test_upgrade_keeps_the_token_in_the_cluster(cluster: tuple[KubernetesE
 
 def test_without_a_cluster_each_render_generates_a_new_token() -> None:
     """The contrast: what would happen on every upgrade without the lookup."""
-    from tests.chart.render import template
+    from tests.support.chart import template
 
     tokens = {token_of(load_all(template().stdout)) for _ in range(2)}
     assert len(tokens) == 2

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.operator.emulator import NAMESPACE, eventually
 from tests.support.alertmanager import alertmanager_server, example_config
+from tests.support.kube_emulator import NAMESPACE, eventually
 from tests.support.prometheus import fast_rules, prometheus_server, static_job
 
 LEAK = "MediaServiceGoroutineLeak"

@@ -7,10 +7,9 @@ import json
 
 import httpx
 
-from tests.operator.emulator import eventually
-from tests.operator.harness import inject_leak
-from tests.operator.test_quarantine import notification
-from tests.support.alertmanager import alert, example_config, start_alertmanager
+from tests.support.alertmanager import alert, example_config, notification, start_alertmanager
+from tests.support.kube_emulator import eventually
+from tests.support.operator_harness import inject_leak
 
 
 async def test_alertmanager_notifications(k8s, fleet, operator, tmp_path):

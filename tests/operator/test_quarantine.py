@@ -9,9 +9,17 @@ import signal
 import httpx
 from aiohttp import web
 
-from tests.operator.emulator import eventually
-from tests.operator.harness import FAST_OPERATOR_ENV, end_leak, fleet_hosts, inject_leak, start_media, stop_operator
+from tests.support.alertmanager import notification
+from tests.support.kube_emulator import eventually
 from tests.support.media_process import stop_media_service
+from tests.support.operator_harness import (
+    FAST_OPERATOR_ENV,
+    end_leak,
+    fleet_hosts,
+    inject_leak,
+    start_media,
+    stop_operator,
+)
 from tests.support.peers import SignalingClient, open_session
 
 
@@ -215,38 +223,6 @@ async def test_restart_neither_repeats_a_quarantine_nor_an_eviction(k8s, fleet, 
     assert await second.metric("media_operator_quarantines_total", source="scrape") == 0
     assert await second.metric("media_operator_evictions_total", result="evicted") == 0
     k8s.k8s.objects["v1/pods", "media", names[0]].patch({"metadata": {"finalizers": []}})
-
-
-def notification(
-    pod: str,
-    fingerprint: str,
-    status: str = "firing",
-    name: str = "MediaServiceGoroutineLeak",
-    starts_at: str = "2026-11-24T01:00:00Z",
-) -> dict:
-    labels = {"alertname": name, "namespace": "media", "pod": pod, "severity": "warning"}
-    return {
-        "version": "4",
-        "groupKey": f'{{}}:{{alertname="{name}"}}',
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "media-operator",
-        "groupLabels": {"alertname": name},
-        "commonLabels": labels,
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager.monitoring:9093",
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": {"summary": "task leak"},
-                "startsAt": starts_at,
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://prometheus/graph",
-                "fingerprint": fingerprint,
-            }
-        ],
-    }
 
 
 async def test_quarantined_pod_keeps_its_session_and_is_evicted_when_it_ends(k8s, fleet, operator, tmp_path):

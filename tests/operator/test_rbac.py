@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.emulator import SESSION_CALLS, eventually
-from tests.operator.harness import inject_leak
+from tests.support.kube_emulator import SESSION_CALLS, eventually
+from tests.support.operator_harness import inject_leak
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "media-service"

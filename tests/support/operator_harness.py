@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.operator.emulator import NAMESPACE, Cluster, eventually
+from tests.support.kube_emulator import NAMESPACE, Cluster, eventually
 from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, start_media_service, stop_media_service
 from tests.support.ports import free_port
 

@@ -107,3 +107,8 @@ def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> 
     ]
     assert len(found) == 1, f"expected one {kind} ({component}), got {[d['metadata']['name'] for d in found]}"
     return found[0]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
