@@ -22,7 +22,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.service
 	$(BIN)/media-service
 
-# System tools the tests drive for real: helm, prometheus, alertmanager, chromium.
+# System tools the tests drive for real: helm, prometheus, alertmanager, chromium, redis, haproxy.
 tools:
 	bash .ci/install-tools
 

@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     DRAINING = "draining"
     NOT_ONLINE = "not_online"
     RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"  # a part this request needs (the bus, another replica) is down: retry
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL = "internal"
@@ -31,6 +32,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SESSION_LIMIT: 503,
     ErrorCode.DRAINING: 503,
+    ErrorCode.UNAVAILABLE: 503,
     ErrorCode.NOT_ONLINE: 404,
     ErrorCode.INTERNAL: 500,
 }

@@ -103,6 +103,9 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
     def get(self, session_id: str) -> Session:
         try:
             return self._sessions[session_id]

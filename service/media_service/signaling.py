@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from media_common import logs
+from media_service.bus import BusUnavailable
 from media_service.errors import ErrorCode
 from media_service.ratelimit import TokenBucket
 from media_service.sessions import BadRequest, Session, SessionError, SessionLimit, UnknownSession
@@ -136,7 +137,14 @@ class SignalingConnection:
             "from": {"user": self._client.user, "device": self._client.device},
             "data": message.get("data"),
         }
-        if self._service.hub.send_to_user(to, relayed) == 0:
+        local = self._service.hub.send_to_user(to, relayed)
+        try:
+            # Awaited here, so one connection's messages leave in the order they came.
+            remote = await self._service.bus.publish(to, relayed)
+        except BusUnavailable as exc:
+            self.error(ErrorCode.UNAVAILABLE, f"{exc}; delivered to {local} device(s) on this replica only")
+            return
+        if local + remote == 0:
             self.error(ErrorCode.NOT_ONLINE, f"user {to[:64]!r} has no device connected")
 
     async def _ping(self, message: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from media_common import logs
+from media_service.bus import BusUnavailable, LocalBus
 from media_service.errors import HTTP_STATUS, ErrorCode
+from media_service.forward import Forwarder, ForwardFailed
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.sessions import BadRequest, SessionError
 
@@ -98,9 +100,41 @@ def whip_routes(service: MediaService) -> list[Route]:
             log.exception("whip_failed", method=request.method, path=request.url.path)
             return error(ErrorCode.INTERNAL, "internal error handling the request")
 
+    async def elsewhere(request: Request, session_id: str) -> Response | None:
+        """The answer of the replica holding ``session_id``, when that is another replica; None when
+        no replica does (the caller answers as for a session of its own that does not exist)."""
+        if session_id in service.sessions or Forwarder.forwarded(request):  # one hop at most
+            return None
+        try:
+            owner = await service.bus.owner(session_id)
+        except BusUnavailable as exc:
+            service.metrics.whip_forwards.labels(result="unavailable").inc()
+            return error(ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if owner is None or owner == service.settings.public_url:
+            if not isinstance(service.bus, LocalBus):
+                service.metrics.whip_forwards.labels(result="not_found").inc()
+            return None
+        try:
+            body = (await body_text(request)).encode()
+            answer = await service.forwarder.forward(owner, request, body)
+        except PayloadTooLarge:
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, f"body over {limit} bytes")
+        except ForwardFailed as exc:
+            service.metrics.whip_forwards.labels(result="unavailable").inc()
+            return error(ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except SessionError as exc:  # a body that is not UTF-8
+            return error(exc.code, str(exc))
+        service.metrics.whip_forwards.labels(result="ok").inc()
+        answer.headers.update(CORS)
+        return answer
+
     async def create(request: Request) -> Response:
         async def handle(sdp: str) -> Response:
-            session, answer = await service.sessions.open(sdp)
+            session, answer = await service.sessions.open(sdp, on_closed=lambda s, _: service.bus.release(s.id))
+            # Recorded before the answer goes out: the client's next request may reach any replica.
+            await service.bus.claim(session.id)
+            if session.id not in service.sessions:  # it ended meanwhile: its record must not outlive it
+                service.bus.release(session.id)
             return Response(
                 answer,
                 201,
@@ -112,6 +146,8 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def trickle(request: Request) -> Response:
         session_id = request.path_params["session_id"]
+        if (forwarded := await elsewhere(request, session_id)) is not None:
+            return forwarded
 
         async def handle(body: str) -> Response:
             service.sessions.get(session_id)  # 404 before parsing
@@ -122,7 +158,10 @@ def whip_routes(service: MediaService) -> list[Route]:
         return await guarded(request, SDPFRAG, handle)
 
     async def delete(request: Request) -> Response:
-        if not await service.sessions.close(request.path_params["session_id"], "closed"):
+        session_id = request.path_params["session_id"]
+        if (forwarded := await elsewhere(request, session_id)) is not None:
+            return forwarded
+        if not await service.sessions.close(session_id, "closed"):
             return error(ErrorCode.UNKNOWN_SESSION, "no such session")
         return Response(status_code=200, headers=CORS)
 
