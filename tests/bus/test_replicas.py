@@ -17,6 +17,7 @@ from aiortc import RTCSessionDescription
 
 from tests.support.haproxy import Haproxy, round_robin
 from tests.support.media_process import MediaProcess, start_media_service, stop_media_service
+from tests.support.non_reader import NonReader
 from tests.support.peers import Peer, SignalingClient, make_peer, offer_sdp
 from tests.support.redis_server import RedisServer, redis_server
 
@@ -338,3 +339,29 @@ async def test_one_process_without_redis_has_its_bus_up_and_in_memory(tmp_path: 
         assert media.metric("media_bus_messages_total", {"direction": "out", "result": "ok"}) == 0
     finally:
         await asyncio.to_thread(stop_media_service, media)
+
+
+async def test_a_non_reading_device_is_dropped_by_its_own_replica_and_the_others_get_everything(
+    replicas: list[MediaProcess], no_leaks: None
+) -> None:
+    sender_host, slow_host, healthy_host = replicas
+    count = 2000  # far more than a non-reader's queue (256) and socket buffers hold
+    pad = "x" * 2000
+    slow = await NonReader.open(slow_host.host, slow_host.port, "/ws?user=lee&device=slow")
+    try:
+        async with clients((healthy_host, "lee", "fast"), (sender_host, "mo", "1")) as (fast, mo):
+            await subscribed(slow_host, 1)
+            await subscribed(healthy_host, 1)
+            for seq in range(count):
+                await mo.send({"type": "message", "to": "lee", "data": {"seq": seq, "pad": pad}})
+            received = [(await fast.recv("message", timeout=30))["data"]["seq"] for _ in range(count)]
+            assert received == list(range(count))
+            await asyncio.to_thread(slow_host.poll_metric, "media_ws_send_timeouts_total", lambda v: v == 1, 30)
+            # Only the slow device's own replica dropped anyone; the sender was never held up.
+            assert sender_host.metric("media_ws_send_timeouts_total") == 0
+            assert healthy_host.metric("media_ws_send_timeouts_total") == 0
+            assert "error" not in [m["type"] for m in mo.inbox]
+        # Ended by its replica: a close frame 1013 if it could still be written, else an abort.
+        assert await slow.read_to_end(10) in (1013, None)
+    finally:
+        slow.sock.close()
