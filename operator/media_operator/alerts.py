@@ -39,15 +39,16 @@ def _require(condition: bool, message: str) -> None:
 
 def _str_map(value: Any, where: str) -> dict[str, str]:
     _require(isinstance(value, dict), f"{where} must be an object")
-    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
-             f"{where} must map strings to strings")
+    _require(
+        all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()), f"{where} must map strings to strings"
+    )
     return dict(value)
 
 
 def parse_notification(data: Any) -> list[Alert]:
     """The alerts of a v4 webhook payload; InvalidPayload names the first problem."""
     _require(isinstance(data, dict), "payload must be a JSON object")
-    _require(data.get("version") == "4", "unsupported payload version (expected \"4\")")
+    _require(data.get("version") == "4", 'unsupported payload version (expected "4")')
     _require(data.get("status") in ("firing", "resolved"), "status must be firing or resolved")
     _require(isinstance(data.get("receiver"), str), "receiver must be a string")
     _require(isinstance(data.get("alerts"), list), "alerts must be a list")

@@ -10,35 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
-import structlog
 from aiohttp import web
 
-from media_operator import logs
+from media_common import logs
 from media_operator.alerts import AlertTriage
 from media_operator.controller import Controller
 from media_operator.decisions import Decider
 from media_operator.kube import Kube, load_configuration
 from media_operator.metrics import OperatorMetrics
-from media_operator.model import Rules
 from media_operator.podclient import PodClient
 from media_operator.podstore import PodStore
 from media_operator.settings import Settings, SettingsError, load
 from media_operator.web import build_app
 
-log = structlog.get_logger("media_operator")
-
-
-def rules_from(settings: Settings) -> Rules:
-    return Rules(
-        confirm_seconds=settings.confirm_seconds,
-        budget=settings.max_quarantined,
-        storm_fraction=settings.storm_fraction,
-        cooldown_seconds=settings.cooldown_seconds,
-        evict_after_seconds=settings.evict_after_seconds,
-        delete_grace_seconds=settings.delete_grace_seconds,
-        dry_run=settings.dry_run,
-        retry_base_seconds=settings.scrape_interval,
-    )
+log = logs.get("media_operator")
 
 
 def build_registry(store: PodStore) -> kopf.OperatorRegistry:
@@ -70,29 +55,38 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
-async def run(settings: Settings, *, stop: asyncio.Event | None = None,
-              ready: asyncio.Event | None = None) -> None:
+async def run(settings: Settings, *, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
     """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set; ``ready`` is set once decisions start."""
     store = PodStore(settings.selector)
     metrics = OperatorMetrics()
     configuration = await load_configuration()
-    async with Kube(configuration) as kube, PodClient(
-        settings.pod_admin_port, timeout=settings.scrape_timeout, concurrency=settings.scrape_concurrency
-    ) as pods:
-        controller = Controller(settings, store, Decider(rules_from(settings)), pods, kube, metrics)
+    async with (
+        Kube(configuration) as kube,
+        PodClient(
+            settings.pod_admin_port, timeout=settings.scrape_timeout, concurrency=settings.scrape_concurrency
+        ) as pods,
+    ):
+        controller = Controller(settings, store, Decider(settings.rules()), pods, kube, metrics)
         triage = AlertTriage(settings.alert_names)
         app = build_web(controller, triage, settings, store)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
-        log.info("operator starting", namespaces=list(settings.namespaces) or "cluster-wide",
-                 selector=dict(settings.selector), dry_run=settings.dry_run, http_port=settings.http_port,
-                 alertmanager=bool(settings.webhook_token))
+        log.info(
+            "operator_started",
+            namespaces=list(settings.namespaces) or "cluster-wide",
+            selector=dict(settings.selector),
+            dry_run=settings.dry_run,
+            http_port=settings.http_port,
+            alertmanager=bool(settings.webhook_token),
+        )
         loop_task = asyncio.create_task(controller.run(), name="media-operator control loop")
         kopf_ready = asyncio.Event()
-        gate_task = asyncio.create_task(_open_when_listed(controller, kopf_ready, settings.scrape_interval, ready),
-                                        name="media-operator start-up gate")
+        gate_task = asyncio.create_task(
+            _open_when_listed(controller, kopf_ready, settings.scrape_interval, ready),
+            name="media-operator start-up gate",
+        )
         try:
             await kopf.operator(
                 registry=build_registry(store),
@@ -109,11 +103,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runner.cleanup()
-            log.info("operator stopped")
+            log.info("operator_stopped")
 
 
-async def _open_when_listed(controller: Controller, kopf_ready: asyncio.Event, interval: float,
-                            ready: asyncio.Event | None) -> None:
+async def _open_when_listed(
+    controller: Controller, kopf_ready: asyncio.Event, interval: float, ready: asyncio.Event | None
+) -> None:
     """Let the loop decide and the webhook answer once kopf has listed the existing pods.
 
     kopf raises its ready flag when its watchers start; each first lists the pods there are, then
@@ -123,7 +118,7 @@ async def _open_when_listed(controller: Controller, kopf_ready: asyncio.Event, i
     await kopf_ready.wait()
     await asyncio.sleep(interval)
     controller.listed.set()
-    log.info("pod list complete: deciding", pods=len(controller.store))
+    log.info("pods_listed", pods=len(controller.store))
     if ready is not None:
         ready.set()
 
@@ -138,6 +133,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"media-operator: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_format, logging.INFO)
+    # kopf's own INFO lines (start-up, watch errors) stay; its per-object chatter does not.
+    logs.configure(
+        settings.log_format,
+        settings.log_level,
+        own="media_operator",
+        quiet={"kopf": logging.INFO, "kopf.objects": logging.WARNING},
+    )
     asyncio.run(run(settings))
     return 0

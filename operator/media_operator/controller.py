@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import structlog
-
+from media_common import logs
 from media_operator.decisions import Decider
 from media_operator.kube import KUBE_ERRORS, Kube
 from media_operator.labels import quarantine_patch, rfc3339
@@ -35,7 +34,7 @@ from media_operator.podclient import PodClient
 from media_operator.podstore import PodStore
 from media_operator.settings import Settings
 
-log = structlog.get_logger("media_operator.controller")
+log = logs.get("media_operator.controller")
 
 QUARANTINED_REASON = "LeakQuarantined"
 BLOCKED_REASON = "LeakQuarantineBlocked"
@@ -73,7 +72,7 @@ class Controller:
             try:
                 await self.round()
             except Exception:  # one bad round must not end the loop; the next one starts afresh
-                log.exception("round failed")
+                log.exception("round_failed")
             remaining = self.settings.scrape_interval - (time.monotonic() - started)
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
@@ -101,9 +100,13 @@ class Controller:
         self.metrics.storm.set(1 if decision.storm else 0)
         if decision.storm != self._storm:
             self._storm = decision.storm
+            # While it holds, no pod is quarantined: a bad release, not a bad pod.
             (log.warning if decision.storm else log.info)(
-                "storm guard " + ("on: quarantining none" if decision.storm else "off"),
-                leaky=decision.leaky, serving=decision.serving, fraction=self.settings.storm_fraction)
+                "storm_guard_on" if decision.storm else "storm_guard_off",
+                leaky=decision.leaky,
+                serving=decision.serving,
+                fraction=self.settings.storm_fraction,
+            )
 
         by_key = {p.key: p for p in pods}
         for blocked in decision.blocked:
@@ -114,16 +117,17 @@ class Controller:
                 await self._carry_out(pod, action, readings.get(action.key))
             except Exception:  # one failed action must not keep the round's other actions from happening
                 self.metrics.action_errors.labels(type(action).__name__.lower()).inc()
-                log.exception("action failed", pod=f"{pod.namespace}/{pod.name}", action=type(action).__name__)
+                log.exception("action_failed", pod=f"{pod.namespace}/{pod.name}", action=type(action).__name__)
         elapsed = time.monotonic() - started
         self.last_round = RoundStats(time.monotonic())
         self.metrics.round_seconds.set(elapsed)
-        log.debug("round done", pods=len(pods), seconds=round(elapsed, 3), actions=len(decision.actions))
+        log.debug("round_done", pods=len(pods), seconds=round(elapsed, 3), actions=len(decision.actions))
 
     async def _record_block(self, pod: PodView, blocked: Blocked) -> None:
         self.metrics.blocked.labels(blocked.reason.value).inc()
-        log.info("decision blocked", pod=f"{pod.namespace}/{pod.name}", reason=blocked.reason.value,
-                 detail=blocked.detail)
+        log.info(
+            "decision_blocked", pod=f"{pod.namespace}/{pod.name}", reason=blocked.reason.value, detail=blocked.detail
+        )
         type_ = "Warning" if blocked.reason is BlockReason.STORM else "Normal"
         await self._event(pod, type_, BLOCKED_REASON, f"{blocked.reason.value}: {blocked.detail}")
 
@@ -139,24 +143,36 @@ class Controller:
             now = self.clock()
             figures = _figures(action, reading, now)
             reason = f"media_potential_goroutine_leak=1 confirmed by {action.source.value}" + (
-                f" ({figures})" if figures else "")
+                f" ({figures})" if figures else ""
+            )
             top = await self.pods.top_tasks(pod.ip) if pod.ip else "pod has no IP"
             await self.kube.patch_pod(pod.key, quarantine_patch(now, self.settings.evict_after_seconds, reason))
             patched = True
         except KUBE_ERRORS as exc:
-            log.error("quarantine patch failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
+            log.error("quarantine_patch_failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
             return
         finally:
             if not patched:  # whatever went wrong: the cooldown must not start, the slot is free again
                 self.decider.quarantine_failed(pod.key)
         self.metrics.quarantines.labels(action.source.value).inc()
         evict_after = rfc3339(now + self.settings.evict_after_seconds)
-        await self._event(pod, "Warning", QUARANTINED_REASON,
-                          f"Quarantined (out of the Service, sessions kept): {reason}; "
-                          f"top task groups: {top}; evict after {evict_after}")
+        await self._event(
+            pod,
+            "Warning",
+            QUARANTINED_REASON,
+            f"Quarantined (out of the Service, sessions kept): {reason}; "
+            f"top task groups: {top}; evict after {evict_after}",
+        )
         drained = await self.pods.drain(pod.ip) if pod.ip else False
-        log.warning("pod quarantined", pod=f"{pod.namespace}/{pod.name}", source=action.source.value,
-                    reason=reason, top_tasks=top, drained=drained, evict_after=evict_after)
+        log.warning(
+            "pod_quarantined",
+            pod=f"{pod.namespace}/{pod.name}",
+            source=action.source.value,
+            reason=reason,
+            top_tasks=top,
+            drained=drained,
+            evict_after=evict_after,
+        )
 
     async def _evict(self, pod: PodView, action: Evict | Delete) -> None:
         now = self.clock()
@@ -167,10 +183,10 @@ class Controller:
                 result = await self.kube.evict(pod.key)
         except KUBE_ERRORS as exc:
             result = EvictionResult.ERROR
-            log.error("eviction failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
+            log.error("eviction_failed", pod=f"{pod.namespace}/{pod.name}", error=str(exc)[:300])
         self.decider.eviction_done(pod.key, now, result)
         self.metrics.evictions.labels(result.value).inc()
-        log.info("eviction", pod=f"{pod.namespace}/{pod.name}", result=result.value, why=action.why)
+        log.info("eviction_done", pod=f"{pod.namespace}/{pod.name}", result=result.value, why=action.why)
         if result is EvictionResult.EVICTED:
             await self._event(pod, "Normal", EVICTED_REASON, f"Evicted from quarantine: {action.why}")
         elif result is EvictionResult.DELETED:
@@ -181,7 +197,7 @@ class Controller:
         try:
             await self.kube.post_event(pod, type_, reason, message)
         except KUBE_ERRORS as exc:
-            log.warning("event not posted", pod=f"{pod.namespace}/{pod.name}", reason=reason, error=str(exc)[:300])
+            log.warning("event_not_posted", pod=f"{pod.namespace}/{pod.name}", reason=reason, error=str(exc)[:300])
 
     def alert(self, key: PodKey) -> None:
         self.decider.alert(key, self.clock())

@@ -164,8 +164,13 @@ class Decider:
         track.alert_at = None  # consumed by this round either way
         if reading is None or not reading.readable:
             if track.leak_since is not None or alerted:
-                r.blocked.append(Blocked(pod.key, BlockReason.UNREADABLE,
-                                         f"metrics cannot be read: {reading.error if reading else 'not scraped'}"))
+                r.blocked.append(
+                    Blocked(
+                        pod.key,
+                        BlockReason.UNREADABLE,
+                        f"metrics cannot be read: {reading.error if reading else 'not scraped'}",
+                    )
+                )
             track.leak_since = None
             track.reported = None
             return None
@@ -178,9 +183,14 @@ class Decider:
             if held < self.rules.confirm_seconds:
                 # Back to 0 before the window was over: not a confirmed leak. (A confirmed pod
                 # that was blocked and has recovered since is simply no candidate any more.)
-                r.blocked.append(Blocked(pod.key, BlockReason.FLAPPING,
-                                         f"leak gauge fell back to 0 after {held:.0f}s "
-                                         f"(confirmation needs {self.rules.confirm_seconds:.0f}s)"))
+                r.blocked.append(
+                    Blocked(
+                        pod.key,
+                        BlockReason.FLAPPING,
+                        f"leak gauge fell back to 0 after {held:.0f}s "
+                        f"(confirmation needs {self.rules.confirm_seconds:.0f}s)",
+                    )
+                )
             track.leak_since = None
             track.reported = None
         if alerted and reading.leak:
@@ -216,21 +226,27 @@ class Decider:
         """What blocks a candidate, the first that applies: a storm, the budget, the cooldown, dry run."""
         limit = self.rules.budget.limit(len(r.pods))
         if r.storm:
-            return Blocked(candidate.key, BlockReason.STORM,
-                           f"{r.leaky} of {len(r.serving)} serving pods look leaky at once: "
-                           "a bad release, not a bad pod")
+            return Blocked(
+                candidate.key,
+                BlockReason.STORM,
+                f"{r.leaky} of {len(r.serving)} serving pods look leaky at once: a bad release, not a bad pod",
+            )
         if r.in_quarantine >= limit:
-            return Blocked(candidate.key, BlockReason.BUDGET,
-                           f"{r.in_quarantine} pod(s) in quarantine, budget {self.rules.budget} allows {limit}")
+            return Blocked(
+                candidate.key,
+                BlockReason.BUDGET,
+                f"{r.in_quarantine} pod(s) in quarantine, budget {self.rules.budget} allows {limit}",
+            )
         if r.last_quarantine is not None and r.now - r.last_quarantine < self.rules.cooldown_seconds:
-            return Blocked(candidate.key, BlockReason.COOLDOWN,
-                           f"last quarantine {r.now - r.last_quarantine:.0f}s ago, "
-                           f"cooldown {self.rules.cooldown_seconds:.0f}s")
+            return Blocked(
+                candidate.key,
+                BlockReason.COOLDOWN,
+                f"last quarantine {r.now - r.last_quarantine:.0f}s ago, cooldown {self.rules.cooldown_seconds:.0f}s",
+            )
         if self.rules.dry_run:
             # Counted within this decision only, so that dry-run shows what one round would do.
             r.in_quarantine += 1
-            return Blocked(candidate.key, BlockReason.DRY_RUN,
-                           f"dry run: would quarantine ({candidate.source.value})")
+            return Blocked(candidate.key, BlockReason.DRY_RUN, f"dry run: would quarantine ({candidate.source.value})")
         return None
 
     def _evictions(self, r: _Round) -> None:

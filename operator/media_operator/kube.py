@@ -28,7 +28,7 @@ KUBE_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError)
 async def load_configuration() -> client.Configuration:
     configuration = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
         await config.load_kube_config(client_configuration=configuration)
     return configuration
@@ -43,8 +43,9 @@ class Kube:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._api_client.close()
 
     async def patch_pod(self, key: PodKey, patch: dict[str, Any]) -> None:
@@ -57,8 +58,9 @@ class Kube:
             api_version="v1",
             kind="Event",
             metadata=client.V1ObjectMeta(name=f"{pod.name}.{uuid.uuid4().hex[:16]}", namespace=pod.namespace),
-            involved_object=client.V1ObjectReference(api_version="v1", kind="Pod", namespace=pod.namespace,
-                                                     name=pod.name, uid=pod.uid),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.uid
+            ),
             type=type_,
             reason=reason,
             message=message[:1024],
@@ -73,8 +75,9 @@ class Kube:
 
     async def evict(self, key: PodKey) -> EvictionResult:
         namespace, name = key
-        body = client.V1Eviction(api_version="policy/v1", kind="Eviction",
-                                 metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        body = client.V1Eviction(
+            api_version="policy/v1", kind="Eviction", metadata=client.V1ObjectMeta(name=name, namespace=namespace)
+        )
         try:
             await self._core.create_namespaced_pod_eviction(name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:

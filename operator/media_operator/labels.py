@@ -6,14 +6,8 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from media_common.contract import EVICT_AFTER, POOL_LABEL, POOL_QUARANTINED, QUARANTINE_REASON, QUARANTINED_AT
 from media_operator.model import PodView
-
-POOL = "media-service/pool"  # a selector must not use it (settings.parse_selector refuses it)
-SERVING = "serving"
-QUARANTINED = "quarantined"
-QUARANTINED_AT = "media-service/quarantined-at"
-QUARANTINE_REASON = "media-service/quarantine-reason"
-EVICT_AFTER = "media-service/evict-after"
 
 
 def rfc3339(epoch: float) -> str:
@@ -46,7 +40,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         name=meta.get("name", ""),
         uid=meta.get("uid"),
         ip=(body.get("status") or {}).get("podIP") or None,
-        quarantined=labels.get(POOL) == QUARANTINED,
+        quarantined=labels.get(POOL_LABEL) == POOL_QUARANTINED,
         quarantined_at=parse_rfc3339(annotations.get(QUARANTINED_AT)),
         evict_after=parse_rfc3339(annotations.get(EVICT_AFTER)),
         terminating=bool(meta.get("deletionTimestamp")),
@@ -57,7 +51,7 @@ def quarantine_patch(now: float, evict_after_seconds: float, reason: str) -> dic
     """The patch that takes a pod out of the Service and its ReplicaSet, and records why."""
     return {
         "metadata": {
-            "labels": {POOL: QUARANTINED},
+            "labels": {POOL_LABEL: POOL_QUARANTINED},
             "annotations": {
                 QUARANTINED_AT: rfc3339(now),
                 QUARANTINE_REASON: reason[:1000],

@@ -10,17 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 PodKey = tuple[str, str]  # (namespace, name)
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     SCRAPE = "scrape"
     ALERTMANAGER = "alertmanager"
 
 
-class BlockReason(str, Enum):
+class BlockReason(StrEnum):
     BUDGET = "budget"
     STORM = "storm"
     COOLDOWN = "cooldown"
@@ -29,7 +29,7 @@ class BlockReason(str, Enum):
     FLAPPING = "flapping"
 
 
-class EvictionResult(str, Enum):
+class EvictionResult(StrEnum):
     EVICTED = "evicted"
     RETRY = "retry"  # refused for now (429: a disruption budget), try again later
     DELETED = "deleted"
@@ -146,14 +146,15 @@ class Budget:
 
 @dataclass(frozen=True)
 class Rules:
-    """The decision logic's configuration (built from the settings at start-up)."""
+    """The decision logic's configuration: ``Settings.rules()`` builds it, and the defaults live
+    there only (docs/operator.md lists them)."""
 
-    confirm_seconds: float = 120.0
-    budget: Budget = field(default_factory=lambda: Budget(count=1))
-    storm_fraction: float = 0.5
-    cooldown_seconds: float = 300.0
-    evict_after_seconds: float = 900.0
-    delete_grace_seconds: float = 300.0
-    dry_run: bool = False
-    retry_base_seconds: float = 15.0  # first eviction retry after a 429; doubles up to 16x
+    confirm_seconds: float
+    budget: Budget
+    storm_fraction: float
+    cooldown_seconds: float
+    evict_after_seconds: float
+    delete_grace_seconds: float
+    dry_run: bool
+    retry_base_seconds: float  # first eviction retry after a 429; doubles up to 16x
     storm_min_pods: int = 2  # one leaky pod is a bad pod, never evidence of a bad release

@@ -49,12 +49,14 @@ class PodClient:
     async def __aenter__(self) -> Self:
         # Keep-alive to a bounded number of pods; the pool never grows beyond the concurrency.
         connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=2, ttl_dns_cache=None)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                              headers={"User-Agent": "media-operator"})
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers={"User-Agent": "media-operator"}
+        )
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -88,7 +90,7 @@ class PodClient:
     async def scrape_all(self, pods: Iterable[tuple[PodKey, str | None]]) -> dict[PodKey, Scraped]:
         pods = list(pods)
         results = await asyncio.gather(*(self.scrape(ip) for _, ip in pods))
-        return {key: result for (key, _), result in zip(pods, results)}
+        return {key: result for (key, _), result in zip(pods, results, strict=False)}
 
     async def top_tasks(self, ip: str) -> str:
         """Best effort: the quarantine must not wait on or fail for a pod's debug endpoint."""

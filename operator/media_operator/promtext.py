@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from media_common.contract import LEAK_FIGURES, LEAK_GAUGE, SESSIONS_GAUGE
 from media_operator.model import Reading
 
-LEAK_GAUGE = "media_potential_goroutine_leak"
-SESSIONS_GAUGE = "media_sessions_active"
-#: Figures quoted in the quarantine Event when the pod exposes them.
-FIGURES = ("media_goroutine_count", "media_goroutine_baseline", "media_goroutine_unexplained", "media_threads")
-_WANTED = (LEAK_GAUGE, SESSIONS_GAUGE, *FIGURES)
+_WANTED = (LEAK_GAUGE, SESSIONS_GAUGE, *LEAK_FIGURES)
 
 
 class Unparseable(ValueError):
@@ -38,5 +35,5 @@ def parse_reading(text: str) -> Reading:
     leak = values[LEAK_GAUGE]
     if leak not in (0.0, 1.0):
         raise Unparseable(f"{LEAK_GAUGE} is {leak}, expected 0 or 1")
-    figures = {name: values[name] for name in FIGURES if name in values}
+    figures = {name: values[name] for name in LEAK_FIGURES if name in values}
     return Reading(leak=leak == 1.0, sessions=values.get(SESSIONS_GAUGE), figures=figures)

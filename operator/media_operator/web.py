@@ -5,20 +5,21 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from media_common import logs
 from media_operator.alerts import AlertTriage, InvalidPayload, parse_notification
 from media_operator.controller import Controller
 
-log = structlog.get_logger("media_operator.web")
+log = logs.get("media_operator.web")
 
 MAX_PAYLOAD = 1024 * 1024  # Alertmanager groups can be large, but not this large
 
 
-def build_app(controller: Controller, triage: AlertTriage, token: str | None,
-              in_scope: Callable[[tuple[str, str]], bool]) -> web.Application:
+def build_app(
+    controller: Controller, triage: AlertTriage, token: str | None, in_scope: Callable[[tuple[str, str]], bool]
+) -> web.Application:
     retry_after = controller.settings.scrape_interval
     app = web.Application(client_max_size=MAX_PAYLOAD)
 
@@ -35,12 +36,16 @@ def build_app(controller: Controller, triage: AlertTriage, token: str | None,
         assert token is not None
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         if not controller.listed.is_set():
             # Not every pod is known yet: "not in scope" could be wrong. Alertmanager retries a 5xx.
-            return web.json_response({"error": "starting: the pod list is not complete yet"}, status=503,
-                                     headers={"Retry-After": str(max(1, round(retry_after)))})
+            return web.json_response(
+                {"error": "starting: the pod list is not complete yet"},
+                status=503,
+                headers={"Retry-After": str(max(1, round(retry_after)))},
+            )
         try:
             alerts = parse_notification(await request.json())
         except ValueError as exc:  # JSON errors and InvalidPayload alike
@@ -50,13 +55,18 @@ def build_app(controller: Controller, triage: AlertTriage, token: str | None,
         for key in result.accepted:
             controller.alert(key)
         if result.accepted or result.ignored:
-            log.info("alertmanager notification", accepted=[f"{ns}/{pod}" for ns, pod in result.accepted],
-                     ignored=[f"{what}: {why}" for what, why in result.ignored])
+            log.info(
+                "alertmanager_notification",
+                accepted=[f"{ns}/{pod}" for ns, pod in result.accepted],
+                ignored=[f"{what}: {why}" for what, why in result.ignored],
+            )
         # 200 for ignored alerts too: Alertmanager must not retry what was deliberately left alone.
-        return web.json_response({
-            "accepted": [f"{ns}/{pod}" for ns, pod in result.accepted],
-            "ignored": [{"alert": what, "reason": why} for what, why in result.ignored],
-        })
+        return web.json_response(
+            {
+                "accepted": [f"{ns}/{pod}" for ns, pod in result.accepted],
+                "ignored": [{"alert": what, "reason": why} for what, why in result.ignored],
+            }
+        )
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from media_service.auth import NAME, AuthError
 from media_service.core import MediaService
+from media_service.errors import ErrorCode
 from media_service.leak.asgi import OwnRequests
 from media_service.leak.routes import leak_routes
 from media_service.lifecycle import RETRY_AFTER_SECONDS
@@ -60,7 +61,7 @@ async def signaling(websocket: WebSocket) -> None:
         await websocket.send_json(
             {
                 "type": "error",
-                "code": "bad_request",
+                "code": ErrorCode.BAD_REQUEST,
                 "message": "user and device are 1-128 characters of A-Z a-z 0-9 . _ @ : + -",
             }
         )

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from media_common import settings as common
 from media_common.logs import LEVELS
@@ -31,6 +33,38 @@ def _addresses(raw: str) -> tuple[str, ...]:
     for item in items:
         ipaddress.ip_address(item)  # raises ValueError naming the bad item
     return items
+
+
+def _redis_url(raw: str) -> str:
+    """redis:// or rediss:// URL; empty: no Redis, one process"""
+    url = raw.strip()
+    if url and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ValueError("expected a redis:// or rediss:// URL")
+    if url and not urlsplit(url).hostname:
+        raise ValueError("expected a redis:// or rediss:// URL with a host")
+    return url
+
+
+def _readable_file(raw: str) -> str:
+    """a readable file; empty: none"""
+    path = raw.strip()
+    if path:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"expected a readable file ({exc.strerror})") from None
+    return path
+
+
+def _http_url(raw: str) -> str:
+    """http(s)://host:port of this replica's public listener; empty: derived"""
+    url = raw.strip().rstrip("/")
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            raise ValueError("expected http://host:port or https://host:port")
+    return url
 
 
 def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
@@ -100,7 +134,7 @@ class Settings:
         "MEDIA_LEAK_BASELINE_SAMPLES", 30, integer(1, 100000), "the sample that becomes the baseline"
     )
     leak_factor: float = setting(
-        "MEDIA_LEAK_FACTOR", 3.0, number(1.0, 1000), "leak when the unowned count exceeds factor x baseline"
+        "MEDIA_LEAK_FACTOR", 3.0, number(1.0, 1000), "leak when the unexplained count exceeds factor x baseline"
     )
     leak_orphan_grace: float = setting(
         "MEDIA_LEAK_ORPHAN_GRACE",
@@ -160,6 +194,18 @@ class Settings:
         "development mode: an ephemeral token secret (unless MEDIA_AUTH_SECRET_FILE is set) and the demo page's URL "
         "with a token printed at start",
     )
+    redis_url: str = setting(
+        "MEDIA_REDIS_URL", "", _redis_url, "the bus between replicas; empty: one process, everything in memory"
+    )
+    redis_password_file: str = setting(
+        "MEDIA_REDIS_PASSWORD_FILE", "", _readable_file, "file holding the Redis password (wins over one in the URL)"
+    )
+    advertise_url: str = setting(
+        "MEDIA_ADVERTISE_URL",
+        "",
+        _http_url,
+        "how other replicas reach this one's public listener; empty: http://<MEDIA_HOST or host name>:<MEDIA_PORT>",
+    )
     fault_injection: bool = setting(
         "MEDIA_FAULT_INJECTION", False, boolean, "enable POST/DELETE /debug/leak on the admin port (fire drills)"
     )
@@ -171,6 +217,14 @@ class Settings:
     @property
     def admin_bind_host(self) -> str:
         return self.admin_host or self.host
+
+    @property
+    def public_url(self) -> str:
+        """Where the other replicas forward requests for this replica's sessions."""
+        if self.advertise_url:
+            return self.advertise_url
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
 
 def check(settings: Settings) -> Settings:

@@ -6,7 +6,9 @@ import secrets
 
 from media_common import logs
 from media_service.auth import AuthError, Identity, KeyFiles, Verifier, bearer
+from media_service.bus import Bus, LocalBus, RedisBus, read_password
 from media_service.config import Settings
+from media_service.forward import Forwarder
 from media_service.hub import Hub
 from media_service.leak.detector import LeakDetector, LeakSettings
 from media_service.lifecycle import Lifecycle
@@ -41,7 +43,24 @@ class MediaService:
             ),
             self.metrics,
         )
-        self.hub = Hub(self.metrics, buffer=settings.ws_send_buffer, send_timeout=settings.ws_send_timeout)
+        self.hub = Hub(
+            self.metrics,
+            buffer=settings.ws_send_buffer,
+            send_timeout=settings.ws_send_timeout,
+            presence=self._presence,
+        )
+        self.bus: Bus = (
+            RedisBus(
+                settings.redis_url,
+                settings.public_url,
+                self.metrics,
+                self.hub.send_to_user,
+                password=read_password(settings.redis_password_file),
+            )
+            if settings.redis_url
+            else LocalBus()
+        )
+        self.forwarder = Forwarder()
         self.sessions = SessionManager(settings, self.metrics, accepting=lambda: self.lifecycle.accepting)
 
     def authenticate(
@@ -69,3 +88,9 @@ class MediaService:
             log.warning("auth_refused", transport=transport, reason=exc.reason, detail=str(exc), peer=peer)
             raise
         return identity
+
+    def _presence(self, user: str, online: bool) -> None:
+        if online:
+            self.bus.user_online(user)
+        else:
+            self.bus.user_offline(user)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from enum import Enum, StrEnum
 from typing import Any, Protocol
 
@@ -132,9 +132,11 @@ class Hub:
         send_timeout: float = 1.0,
         close_timeout: float = 5.0,
         max_waiting: int | None = None,
+        presence: Callable[[str, bool], None] | None = None,
     ) -> None:
         """``max_waiting`` (default: ``buffer``) caps the messages waiting behind a full queue; 0 drops
-        a client as soon as a message finds its queue full."""
+        a client as soon as a message finds its queue full. ``presence(user, online)`` hears when a
+        user's first device connects and when the last one leaves (the bus subscribes by it)."""
         if buffer < 1 or send_timeout <= 0 or close_timeout <= 0 or (max_waiting or 0) < 0:
             raise ValueError("buffer, send_timeout and close_timeout must be positive, max_waiting >= 0")
         self._metrics = metrics
@@ -148,6 +150,7 @@ class Hub:
         self._clients: dict[Client, None] = {}
         self._sending: dict[Client, float] = {}  # client → deadline of its send in progress
         self._watchdog: asyncio.TimerHandle | None = None
+        self._presence = presence
         metrics.ws_clients.set(0)
 
     # --- connections ---------------------------------------------------------------------------
@@ -156,7 +159,12 @@ class Hub:
         """Register a connection and start its writer in the caller's context (for task ownership)."""
         client = Client(user, device, sink)
         self._clients[client] = None
-        self._users.setdefault(user, {})[client] = None
+        devices = self._users.get(user)
+        if devices is None:
+            devices = self._users[user] = {}
+            if self._presence is not None:
+                self._presence(user, True)
+        devices[client] = None
         self._metrics.ws_clients.set(len(self._clients))
         client._writer = asyncio.create_task(self._write(client), name=f"hub-writer:{user}/{device}")
         client._writer.add_done_callback(_report_crash)
@@ -215,9 +223,6 @@ class Hub:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def __iter__(self) -> Iterator[Client]:
-        return iter(list(self._clients))
-
     @property
     def clients(self) -> list[Client]:
         return list(self._clients)
@@ -268,6 +273,8 @@ class Hub:
             devices.pop(client, None)
             if not devices:
                 del self._users[client.user]
+                if self._presence is not None:
+                    self._presence(client.user, False)
         self._metrics.ws_clients.set(len(self._clients))
         if client._stall is not None:
             client._stall.cancel()

@@ -10,6 +10,11 @@ from media_service.auth import REASONS as AUTH_REASONS
 from media_service.leak.ownership import OwnerState
 
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
+BUS_DIRECTIONS = ("out", "in")
+#: out: ok published, error not published; in: ok delivered here, ignored no device here (or our own).
+BUS_RESULTS = ("ok", "error", "ignored")
+#: ok answered by the owner; not_found no owner recorded; unavailable Redis or the owner unreachable.
+FORWARD_RESULTS = ("ok", "not_found", "unavailable")
 
 
 class ServiceMetrics:
@@ -65,6 +70,24 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        # The bus between replicas (always 1 without Redis: one process is its own bus).
+        self.bus_up = Gauge("media_bus_up", "1 while the bus between replicas works, 0 while it does not", registry=r)
+        self.bus_messages = Counter(
+            "media_bus_messages",
+            "messages through the bus, by direction (out, in) and result (ok, error, ignored)",
+            ["direction", "result"],
+            registry=r,
+        )
+        self.bus_subscriptions = Gauge(
+            "media_bus_subscriptions", "users with a device here whose channel Redis has confirmed", registry=r
+        )
+        self.bus_reconnects = Counter("media_bus_reconnects", "times the bus lost Redis and reconnected", registry=r)
+        self.whip_forwards = Counter(
+            "media_whip_forwards",
+            "WHIP requests forwarded to the replica holding the session, by result",
+            ["result"],
+            registry=r,
+        )
         # Lifecycle.
         self.draining = Gauge("media_draining", "1 while draining", registry=r)
         self.ready = Gauge("media_ready", "1 while ready to take new sessions", registry=r)
@@ -76,6 +99,12 @@ class ServiceMetrics:
             self.sessions_closed.labels(reason=reason)
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason=reason)
+        self.bus_up.set(1)
+        for direction in BUS_DIRECTIONS:
+            for result in BUS_RESULTS:
+                self.bus_messages.labels(direction=direction, result=result)
+        for result in FORWARD_RESULTS:
+            self.whip_forwards.labels(result=result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,6 +73,7 @@ class Runner:
     async def run(self) -> int:
         settings, service = self.settings, self.service
         await service.leaks.start()  # first: every task from here on gets an owner state
+        await service.bus.start()  # connects in the background: Redis down never delays serving
         sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
         common: dict[str, Any] = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
         public = _EmbeddedServer(
@@ -130,6 +131,8 @@ class Runner:
                 loop.remove_signal_handler(signum)
             for sock in sockets:
                 sock.close()
+            await service.bus.stop()
+            await service.forwarder.aclose()
             await service.leaks.stop()
             service.lifecycle.mark_stopped()
         log.info("server_stopped", forced=self._forced, failed=self._failed)

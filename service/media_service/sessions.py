@@ -21,6 +21,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from media_common import logs
 from media_service.config import Settings
+from media_service.errors import ErrorCode
 from media_service.ice import rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
 from media_service.metrics import ServiceMetrics
@@ -44,36 +45,36 @@ REJECTED_OFFER = (
 class SessionError(Exception):
     """A refused request; ``code`` is the protocol's error code."""
 
-    code = "internal"
+    code = ErrorCode.INTERNAL
     retryable = False
 
 
 class BadRequest(SessionError):
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class UnknownSession(SessionError):
-    code = "unknown_session"
+    code = ErrorCode.UNKNOWN_SESSION
 
 
 class CandidateLimit(SessionError):
-    code = "ice_candidate_limit"
+    code = ErrorCode.ICE_CANDIDATE_LIMIT
 
 
 class SessionLimit(SessionError):
-    code = "session_limit"
+    code = ErrorCode.SESSION_LIMIT
     retryable = True
 
 
 class Draining(SessionError):
-    code = "draining"
+    code = ErrorCode.DRAINING
     retryable = True
 
 
 class Forbidden(SessionError):
     """The access token does not grant this."""
 
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 @dataclass(eq=False)
@@ -108,6 +109,9 @@ class SessionManager:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
 
     def get(self, session_id: str) -> Session:
         try:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from media_common import logs
 from media_service.auth import ALL, Grants
+from media_service.bus import BusUnavailable
+from media_service.errors import ErrorCode
 from media_service.ratelimit import TokenBucket
 from media_service.sessions import BadRequest, Forbidden, Session, SessionError, SessionLimit, UnknownSession
 
@@ -47,7 +49,7 @@ class SignalingConnection:
     def send(self, message: dict[str, Any]) -> None:
         self._service.hub.send(self._client, message)
 
-    def error(self, code: str, message: str, session: str | None = None) -> None:
+    def error(self, code: ErrorCode, message: str, session: str | None = None) -> None:
         self._service.metrics.ws_messages_rejected.labels(code=code).inc()
         body: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if session is not None:
@@ -61,14 +63,14 @@ class SignalingConnection:
         now = time.monotonic()
         if now - self._last_rate_error >= RATE_ERROR_INTERVAL:
             self._last_rate_error = now
-            self.error("rate_limited", f"more than {self._service.settings.ws_rate_limit:g} messages a second")
+            self.error(ErrorCode.RATE_LIMITED, f"more than {self._service.settings.ws_rate_limit:g} messages a second")
         else:
-            self._service.metrics.ws_messages_rejected.labels(code="rate_limited").inc()
+            self._service.metrics.ws_messages_rejected.labels(code=ErrorCode.RATE_LIMITED).inc()
         return False
 
     async def handle_binary(self) -> None:
         if self._admitted():
-            self.error("bad_request", "binary frames are not part of the protocol")
+            self.error(ErrorCode.BAD_REQUEST, "binary frames are not part of the protocol")
 
     async def handle_text(self, text: str) -> None:
         if not self._admitted():
@@ -76,17 +78,17 @@ class SignalingConnection:
         try:
             message = json.loads(text)
         except json.JSONDecodeError as exc:
-            self.error("bad_request", f"malformed JSON: {exc.msg} at position {exc.pos}")
+            self.error(ErrorCode.BAD_REQUEST, f"malformed JSON: {exc.msg} at position {exc.pos}")
             return
         except (ValueError, RecursionError) as exc:  # integers over 4300 digits, nesting too deep
-            self.error("bad_request", f"malformed JSON: {str(exc)[:120] or type(exc).__name__}")
+            self.error(ErrorCode.BAD_REQUEST, f"malformed JSON: {str(exc)[:120] or type(exc).__name__}")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            self.error("bad_request", "a message is a JSON object with a string 'type'")
+            self.error(ErrorCode.BAD_REQUEST, "a message is a JSON object with a string 'type'")
             return
         handler = self._handlers.get(message["type"])
         if handler is None:
-            self.error("bad_request", f"unknown message type {message['type'][:64]!r}")
+            self.error(ErrorCode.BAD_REQUEST, f"unknown message type {message['type'][:64]!r}")
             return
         session = message.get("session") if isinstance(message.get("session"), str) else None
         try:
@@ -95,7 +97,7 @@ class SignalingConnection:
             self.error(exc.code, str(exc), session)
         except Exception:
             log.exception("signaling_failed", type=message["type"])
-            self.error("internal", "internal error handling the message", session)
+            self.error(ErrorCode.INTERNAL, "internal error handling the message", session)
 
     async def close(self) -> None:
         """The connection is gone: its sessions go with it, so nothing outlives the client."""
@@ -106,7 +108,7 @@ class SignalingConnection:
         if not self._grants.publish:
             raise Forbidden("the access token does not grant publish")
         if len(self.sessions) >= MAX_SESSIONS_PER_CONNECTION:
-            self._service.metrics.sessions_rejected.labels(code="session_limit").inc()
+            self._service.metrics.sessions_rejected.labels(code=ErrorCode.SESSION_LIMIT).inc()
             raise SessionLimit(f"at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection")
         session, answer = await self._service.sessions.open(
             message.get("sdp"), on_closed=self._session_closed, user=self._client.user
@@ -143,8 +145,15 @@ class SignalingConnection:
             "from": {"user": self._client.user, "device": self._client.device},
             "data": message.get("data"),
         }
-        if self._service.hub.send_to_user(to, relayed) == 0:
-            self.error("not_online", f"user {to[:64]!r} has no device connected")
+        local = self._service.hub.send_to_user(to, relayed)
+        try:
+            # Awaited here, so one connection's messages leave in the order they came.
+            remote = await self._service.bus.publish(to, relayed)
+        except BusUnavailable as exc:
+            self.error(ErrorCode.UNAVAILABLE, f"{exc}; delivered to {local} device(s) on this replica only")
+            return
+        if local + remote == 0:
+            self.error(ErrorCode.NOT_ONLINE, f"user {to[:64]!r} has no device connected")
 
     async def _ping(self, message: dict[str, Any]) -> None:
         self.send({"type": "pong"})

@@ -11,6 +11,9 @@ from starlette.routing import Route
 
 from media_common import logs
 from media_service.auth import AuthError, Identity
+from media_service.bus import BusUnavailable, LocalBus
+from media_service.errors import HTTP_STATUS, ErrorCode
+from media_service.forward import Forwarder, ForwardFailed
 from media_service.lifecycle import RETRY_AFTER_SECONDS
 from media_service.sessions import BadRequest, SessionError, UnknownSession
 
@@ -26,15 +29,6 @@ CORS = {
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, If-Match, Authorization",
     "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Retry-After, WWW-Authenticate",
-}
-STATUS = {
-    "bad_request": 400,
-    "forbidden": 403,
-    "unknown_session": 404,
-    "ice_candidate_limit": 422,
-    "session_limit": 503,
-    "draining": 503,
-    "internal": 500,
 }
 
 
@@ -69,15 +63,15 @@ def parse_sdpfrag(body: str) -> list[dict[str, Any] | None]:
     return candidates
 
 
-def error(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, STATUS.get(code, 400), {**CORS, **(headers or {})})
+def error(code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, HTTP_STATUS[code], {**CORS, **(headers or {})})
 
 
 def auth_refusal(exc: AuthError) -> JSONResponse:
     """The answer to a refused token, for WHIP and for the WebSocket handshake alike: 401 with the
     reason (RFC 6750: no error code when no token came), 403 for a token of another user."""
     if exc.reason == "user_mismatch":
-        return JSONResponse({"error": "forbidden", "reason": exc.reason, "message": str(exc)}, 403, CORS)
+        return JSONResponse({"error": ErrorCode.FORBIDDEN, "reason": exc.reason, "message": str(exc)}, 403, CORS)
     challenge = 'Bearer realm="media-service"'
     if exc.reason != "missing":
         challenge += ', error="invalid_token"'
@@ -119,13 +113,11 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def guarded(request: Request, content_type: str, handler: Callable[[str], Awaitable[Response]]) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != content_type:
-            return JSONResponse(
-                {"error": "unsupported_media_type", "message": f"Content-Type must be {content_type}"}, 415, CORS
-            )
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {content_type}")
         try:
             return await handler(await body_text(request))
         except PayloadTooLarge:
-            return JSONResponse({"error": "payload_too_large", "message": f"body over {limit} bytes"}, 413, CORS)
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, f"body over {limit} bytes")
         except ClientDisconnect:
             return Response(status_code=400)
         except SessionError as exc:
@@ -133,7 +125,35 @@ def whip_routes(service: MediaService) -> list[Route]:
             return error(exc.code, str(exc), retry)
         except Exception:  # a bug: still a JSON answer with CORS, and a traceback in the log
             log.exception("whip_failed", method=request.method, path=request.url.path)
-            return error("internal", "internal error handling the request")
+            return error(ErrorCode.INTERNAL, "internal error handling the request")
+
+    async def elsewhere(request: Request, session_id: str) -> Response | None:
+        """The answer of the replica holding ``session_id``, when that is another replica; None when
+        no replica does (the caller answers as for a session of its own that does not exist)."""
+        if session_id in service.sessions or Forwarder.forwarded(request):  # one hop at most
+            return None
+        try:
+            owner = await service.bus.owner(session_id)
+        except BusUnavailable as exc:
+            service.metrics.whip_forwards.labels(result="unavailable").inc()
+            return error(ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if owner is None or owner == service.settings.public_url:
+            if not isinstance(service.bus, LocalBus):
+                service.metrics.whip_forwards.labels(result="not_found").inc()
+            return None
+        try:
+            body = (await body_text(request)).encode()
+            answer = await service.forwarder.forward(owner, request, body)
+        except PayloadTooLarge:
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, f"body over {limit} bytes")
+        except ForwardFailed as exc:
+            service.metrics.whip_forwards.labels(result="unavailable").inc()
+            return error(ErrorCode.UNAVAILABLE, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except SessionError as exc:  # a body that is not UTF-8
+            return error(exc.code, str(exc))
+        service.metrics.whip_forwards.labels(result="ok").inc()
+        answer.headers.update(CORS)
+        return answer
 
     async def create(request: Request) -> Response:
         try:
@@ -141,10 +161,16 @@ def whip_routes(service: MediaService) -> list[Route]:
         except AuthError as exc:
             return auth_refusal(exc)
         if not identity.grants.publish:
-            return error("forbidden", "the access token does not grant publish")
+            return error(ErrorCode.FORBIDDEN, "the access token does not grant publish")
 
         async def handle(sdp: str) -> Response:
-            session, answer = await service.sessions.open(sdp, user=identity.user)
+            session, answer = await service.sessions.open(
+                sdp, user=identity.user, on_closed=lambda s, _: service.bus.release(s.id)
+            )
+            # Recorded before the answer goes out: the client's next request may reach any replica.
+            await service.bus.claim(session.id)
+            if session.id not in service.sessions:  # it ended meanwhile: its record must not outlive it
+                service.bus.release(session.id)
             return Response(
                 answer,
                 201,
@@ -160,6 +186,9 @@ def whip_routes(service: MediaService) -> list[Route]:
             identity = authenticate(request)
         except AuthError as exc:
             return auth_refusal(exc)
+        # Another replica's session: its owner checks the token's user, as for its own.
+        if (forwarded := await elsewhere(request, session_id)) is not None:
+            return forwarded
 
         async def handle(body: str) -> Response:
             own(session_id, identity)  # 404 before parsing
@@ -172,13 +201,17 @@ def whip_routes(service: MediaService) -> list[Route]:
     async def delete(request: Request) -> Response:
         session_id = request.path_params["session_id"]
         try:
-            own(session_id, authenticate(request))
+            identity = authenticate(request)
         except AuthError as exc:
             return auth_refusal(exc)
+        if (forwarded := await elsewhere(request, session_id)) is not None:
+            return forwarded
+        try:
+            own(session_id, identity)
         except UnknownSession:
-            return error("unknown_session", "no such session")
+            return error(ErrorCode.UNKNOWN_SESSION, "no such session")
         if not await service.sessions.close(session_id, "closed"):
-            return error("unknown_session", "no such session")
+            return error(ErrorCode.UNKNOWN_SESSION, "no such session")
         return Response(status_code=200, headers=CORS)
 
     async def options(request: Request) -> Response:

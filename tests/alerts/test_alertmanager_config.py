@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.alerts.test_rules import alert_rules
 from tests.support.alertmanager import (
     EXAMPLE_CONFIG as EXAMPLE,
+)
+from tests.support.alertmanager import (
     WebhookReceiver,
     alert,
     alertmanager_server,
@@ -18,6 +19,7 @@ from tests.support.alertmanager import (
     example_config,
     route_receivers,
 )
+from tests.support.prometheus import alert_rules
 
 LEAK = "MediaServiceGoroutineLeak"
 
@@ -30,8 +32,12 @@ def test_amtool_check_config() -> None:
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_routes(rule: dict) -> None:
-    labels = {"alertname": rule["alert"], "severity": rule["labels"]["severity"],
-              "namespace": "media", "pod": "media-a"}
+    labels = {
+        "alertname": rule["alert"],
+        "severity": rule["labels"]["severity"],
+        "namespace": "media",
+        "pod": "media-a",
+    }
     expected = ["media-operator", "default"] if rule["alert"] == LEAK else ["default"]
     assert route_receivers(EXAMPLE, labels) == expected
 
@@ -54,9 +60,16 @@ def test_live_alertmanager_notifies_the_operator_webhook(tmp_path: Path) -> None
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     leak_labels = {"alertname": LEAK, "severity": "warning", "namespace": "media", "pod": "media-a"}
-    other_labels = {"alertname": "MediaServiceDrainStuck", "severity": "warning", "namespace": "media",
-                    "pod": "media-b"}
-    with WebhookReceiver() as webhook, alertmanager_server(tmp_path / "am", example_config(webhook.url, token_file)) as am:
+    other_labels = {
+        "alertname": "MediaServiceDrainStuck",
+        "severity": "warning",
+        "namespace": "media",
+        "pod": "media-b",
+    }
+    with (
+        WebhookReceiver() as webhook,
+        alertmanager_server(tmp_path / "am", example_config(webhook.url, token_file)) as am,
+    ):
         am.post_alerts([alert(other_labels), alert(leak_labels)])
         firing = webhook.wait_for(lambda n: n.body.get("status") == "firing")
         assert firing.headers["authorization"] == "Bearer s3cret-token"

@@ -27,11 +27,14 @@ def scrape_job(target: MetricsTarget) -> dict:
 
 
 def test_prometheus_scrapes_and_evaluates_the_fast_rules(tmp_path: Path) -> None:
-    with MetricsTarget(HEALTHY) as target, prometheus_server(
-        tmp_path / "prom",
-        scrape_configs=[scrape_job(target)],
-        rule_paths=fast_rules(tmp_path / "rules"),
-    ) as prom:
+    with (
+        MetricsTarget(HEALTHY) as target,
+        prometheus_server(
+            tmp_path / "prom",
+            scrape_configs=[scrape_job(target)],
+            rule_paths=fast_rules(tmp_path / "rules"),
+        ) as prom,
+    ):
         up = prom.wait_for_query('up{job="media-service"}', lambda r: bool(r) and r[0]["value"][1] == "1")
         assert up[0]["metric"]["pod"] == "media-a"
         groups = {g["name"] for g in prom.rule_groups()}
@@ -42,9 +45,14 @@ def test_prometheus_scrapes_and_evaluates_the_fast_rules(tmp_path: Path) -> None
 
         target.text = LEAKING
         (leak,) = prom.wait_for_alert("MediaServiceGoroutineLeak")
-        assert leak["labels"] == {"alertname": "MediaServiceGoroutineLeak", "severity": "warning",
-                                  "job": "media-service", "instance": target.address,
-                                  "namespace": "media", "pod": "media-a"}
+        assert leak["labels"] == {
+            "alertname": "MediaServiceGoroutineLeak",
+            "severity": "warning",
+            "job": "media-service",
+            "instance": target.address,
+            "namespace": "media",
+            "pod": "media-a",
+        }
         description = " ".join(leak["annotations"]["description"].split())
         assert "5 minutes: 75 unexplained tasks and threads against a baseline of 25." in description
 
@@ -68,8 +76,11 @@ def test_prometheus_alert_reaches_the_webhook_through_alertmanager(tmp_path: Pat
     ):
         firing = webhook.wait_for(lambda n: n.body["status"] == "firing", timeout=60)
         assert firing.headers["authorization"] == "Bearer t0ken"
-        assert firing.body["groupLabels"] == {"alertname": "MediaServiceGoroutineLeak",
-                                              "namespace": "media", "pod": "media-a"}
+        assert firing.body["groupLabels"] == {
+            "alertname": "MediaServiceGoroutineLeak",
+            "namespace": "media",
+            "pod": "media-a",
+        }
         assert firing.body["alerts"][0]["annotations"]["runbook_url"].endswith("/MediaServiceGoroutineLeak.md")
 
         target.text = HEALTHY

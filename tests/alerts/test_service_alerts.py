@@ -33,12 +33,16 @@ def test_injected_leak_reaches_the_webhook_and_its_end_resolves(tmp_path: Path) 
         httpx.Client(base_url=media.admin_url, timeout=10) as admin,
     ):
         baseline = media.poll_metric("media_goroutine_baseline", lambda v: v > 0)
-        prom.wait_for_query('media_goroutine_baseline{job="media-service"}',
-                            lambda r: bool(r) and float(r[0]["value"][1]) > 0)
+        prom.wait_for_query(
+            'media_goroutine_baseline{job="media-service"}', lambda r: bool(r) and float(r[0]["value"][1]) > 0
+        )
         # A healthy, ready service raises none of its alerts (TargetAbsent, from before the first
         # scrape, resolves at the next evaluation).
-        wait_until(lambda: not [a for a in prom.alerts() if a["labels"]["alertname"].startswith("MediaService")],
-                   30, "no MediaService alert active")
+        wait_until(
+            lambda: not [a for a in prom.alerts() if a["labels"]["alertname"].startswith("MediaService")],
+            30,
+            "no MediaService alert active",
+        )
 
         leaked = int(3 * baseline) + 1
         assert admin.post("/debug/leak", params={"tasks": str(leaked)}).status_code == 200

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import ALL_ON, CHART, template
+from tests.support.chart import ALL_ON, CHART, template
 from tests.support.tools import require_tool
 
 SKIPS_BEGIN = "<!-- checkov-skips:begin -->"
@@ -34,9 +34,22 @@ def readme_skips() -> dict[str, str]:
 def scan(manifests: str, tmp_path: Path, skip: list[str]) -> dict[str, Any]:
     (tmp_path / "rendered.yaml").write_text(manifests)
     result = subprocess.run(
-        [checkov(), "--directory", str(tmp_path), "--framework", "kubernetes", "--skip-download",
-         "--output", "json", "--compact", *(["--skip-check", ",".join(skip)] if skip else [])],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            checkov(),
+            "--directory",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+            "--compact",
+            *(["--skip-check", ",".join(skip)] if skip else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.stdout.strip(), result.stderr
     report = json.loads(result.stdout)
@@ -57,7 +70,9 @@ def test_no_failed_checkov_check(values: dict[str, Any] | None, tmp_path: Path) 
     assert report["summary"]["failed"] == 0
     assert report["summary"]["passed"] > 100
     skipped = {c["check_id"] for c in results["skipped_checks"]}
-    assert skipped - set(skips) == set(), f"skipped in the manifests but not listed in the README: {skipped - set(skips)}"
+    assert skipped - set(skips) == set(), (
+        f"skipped in the manifests but not listed in the README: {skipped - set(skips)}"
+    )
     if values is ALL_ON:
         # Every resource-level skip the README lists is really in the manifests (none stale).
         assert skipped == set(skips) - set(chart_wide)
@@ -66,8 +81,15 @@ def test_no_failed_checkov_check(values: dict[str, Any] | None, tmp_path: Path) 
 @pytest.mark.slow
 def test_checkov_fails_an_insecure_change(tmp_path: Path) -> None:
     """The scan can fail: a privileged, root container is reported."""
-    insecure = {"securityContext": {"privileged": True, "runAsNonRoot": False, "runAsUser": 0,
-                                    "allowPrivilegeEscalation": True, "readOnlyRootFilesystem": False}}
+    insecure = {
+        "securityContext": {
+            "privileged": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+            "allowPrivilegeEscalation": True,
+            "readOnlyRootFilesystem": False,
+        }
+    }
     report = scan(template(insecure).stdout, tmp_path, list(readme_skips()))
     failed = {c["check_id"] for c in report["results"]["failed_checks"]}
     assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_22"} <= failed

@@ -10,24 +10,42 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import ALL_ON, one, render
-from tests.chart.test_structure import container
+from tests.support.chart import ALL_ON, container, one, render
 
 CHANGED = {
-    "config": {"port": 8443, "adminHost": "127.0.0.1", "adminPort": 9191, "drainSeconds": 12.5,
-               "wsSendTimeout": 0.5, "leakFactor": 4, "faultInjection": True, "logFormat": "text",
-               "iceHostAddresses": ["10.0.0.7"], "logLevel": "debug"},
+    "config": {
+        "port": 8443,
+        "adminHost": "127.0.0.1",
+        "adminPort": 9191,
+        "drainSeconds": 12.5,
+        "wsSendTimeout": 0.5,
+        "leakFactor": 4,
+        "faultInjection": True,
+        "logFormat": "text",
+        "iceHostAddresses": ["10.0.0.7"],
+        "logLevel": "debug",
+    },
     "ice": {"servers": [{"urls": ["stun:stun.example.org:3478"]}]},
-    "operator": {"maxQuarantined": "10%", "dryRun": True, "watchNamespaces": ["a", "b"],
-                 "alertNames": ["MediaServiceGoroutineLeak", "MediaServiceOrphanedTasks"]},
+    "operator": {
+        "maxQuarantined": "10%",
+        "dryRun": True,
+        "watchNamespaces": ["a", "b"],
+        "alertNames": ["MediaServiceGoroutineLeak", "MediaServiceOrphanedTasks"],
+    },
 }
 
 # The largest values the schema allows: YAML numbers reach helm as float64, and a naive template
 # prints 16777216 as "1.6777216e+07", which the service's integer parser refuses.
 LIMITS = {
-    "config": {"wsMaxMessageBytes": 16777216, "whipMaxBodyBytes": 16777216, "maxSessions": 100000,
-               "wsSendBuffer": 100000, "leakBaselineSamples": 100000, "drainSeconds": 86400,
-               "maxIceCandidates": 10000},
+    "config": {
+        "wsMaxMessageBytes": 16777216,
+        "whipMaxBodyBytes": 16777216,
+        "maxSessions": 100000,
+        "wsSendBuffer": 100000,
+        "leakBaselineSamples": 100000,
+        "drainSeconds": 86400,
+        "maxIceCandidates": 10000,
+    },
     "operator": {"evictAfterSeconds": 31536000, "deleteGraceSeconds": 86400000, "scrapeConcurrency": 10000000},
 }
 VARIANTS = {"default": None, "all-on": ALL_ON, "changed": CHANGED, "limits": LIMITS}
@@ -65,7 +83,7 @@ def test_operator_loads_the_rendered_settings(variant: str, tmp_path: Path) -> N
     docs = render(values)
     env = plain_env(container(one(docs, "Deployment", "operator")))
     assert [v for v in env.values() if "e+" in v] == []
-    known = {option.env for option in operator_settings.OPTIONS}
+    known = {f.metadata["env"] for f in dataclasses.fields(operator_settings.Settings)}
     assert set(env) - known == set(), f"the operator does not know {set(env) - known}"
     # The token file is the generated Secret's key, mounted where the variable says.
     token = base64.b64decode(one(docs, "Secret", "operator")["data"]["token"]).decode()
@@ -75,8 +93,11 @@ def test_operator_loads_the_rendered_settings(variant: str, tmp_path: Path) -> N
     env["MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE"] = str(token_file)
     loaded = operator_settings.load([], env)
     assert loaded.webhook_token == token and len(token) == 48
-    assert loaded.selector == {"app.kubernetes.io/name": "media-service", "app.kubernetes.io/instance": "media",
-                               "app.kubernetes.io/component": "media"}
+    assert loaded.selector == {
+        "app.kubernetes.io/name": "media-service",
+        "app.kubernetes.io/instance": "media",
+        "app.kubernetes.io/component": "media",
+    }
     assert loaded.pod_admin_port == int(plain_env(container(one(docs, "Deployment", "media")))["MEDIA_ADMIN_PORT"])
     if values is CHANGED:
         assert str(loaded.max_quarantined) == "10%" and loaded.dry_run is True

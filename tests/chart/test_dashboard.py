@@ -10,9 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.alerts.test_rules import OPERATOR_METRICS, service_metric_names
-from tests.chart.render import ALL_ON, CHART, one, render
-from tests.support.prometheus import require_tool
+from tests.support.chart import ALL_ON, CHART, one, render
+from tests.support.prometheus import OPERATOR_METRICS, require_tool, service_metric_names
 
 DASHBOARD = CHART / "dashboards" / "media-service.json"
 
@@ -33,10 +32,17 @@ def test_configmap_carries_the_dashboard_with_the_sidecar_label() -> None:
 def test_panels_cover_the_issue() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = " ".join(queries(dashboard))
-    for metric in ("media_sessions_active", "media_goroutine_unexplained", "media_goroutine_baseline",
-                   "media_potential_goroutine_leak", "media_draining", "media_ws_send_timeouts_total",
-                   "media_ice_candidates_rejected_total", "media_operator_quarantines_total",
-                   "media_operator_decisions_blocked_total"):
+    for metric in (
+        "media_sessions_active",
+        "media_goroutine_unexplained",
+        "media_goroutine_baseline",
+        "media_potential_goroutine_leak",
+        "media_draining",
+        "media_ws_send_timeouts_total",
+        "media_ice_candidates_rejected_total",
+        "media_operator_quarantines_total",
+        "media_operator_decisions_blocked_total",
+    ):
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -50,10 +56,17 @@ def test_every_query_is_valid_promql_over_existing_metrics(tmp_path: Path) -> No
     assert used - exposed - OPERATOR_METRICS == set()
     # promtool parses each query as a recording rule, with Grafana's variables filled in.
     concrete = [e.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$pod", ".*") for e in exprs]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(concrete)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(concrete)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard.rules.yaml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([require_tool("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [require_tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.chart.render import one, render
+from tests.support.chart import one, render
 from tests.support.media_process import media_service
 
 

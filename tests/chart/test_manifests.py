@@ -14,7 +14,7 @@ import referencing
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from tests.chart.render import ALL_ON, CHART, helm, load_all, render, template, values_file
+from tests.support.chart import ALL_ON, CHART, helm, load_all, render, template, values_file
 
 SCHEMAS = Path(__file__).parent / "schemas"
 CRD_SCHEMAS = {
@@ -27,12 +27,14 @@ VARIANTS = {"default": None, "all-on": ALL_ON}
 
 
 def crd_validator(schema_path: Path) -> jsonschema.protocols.Validator:
-    definitions_file = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / (
-        f"v{kubernetes_validate.utils.latest_version()}-local-strict") / "_definitions.json"
-    definitions = json.loads(definitions_file.read_text())
-    registry = referencing.Registry().with_resource(
-        definitions["$id"], referencing.Resource.from_contents(definitions)
+    definitions_file = (
+        Path(kubernetes_validate.__file__).parent
+        / "kubernetes-json-schema"
+        / (f"v{kubernetes_validate.utils.latest_version()}-local-strict")
+        / "_definitions.json"
     )
+    definitions = json.loads(definitions_file.read_text())
+    registry = referencing.Registry().with_resource(definitions["$id"], referencing.Resource.from_contents(definitions))
     return jsonschema.Draft202012Validator(json.loads(schema_path.read_text()), registry=registry)
 
 
@@ -89,34 +91,62 @@ def test_the_strict_loader_rejects_a_repeated_key() -> None:
 def test_all_on_renders_every_kind() -> None:
     kinds = {d["kind"] for d in render(ALL_ON)}
     assert kinds == {
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-        "NetworkPolicy", "Pod", "PodDisruptionBudget", "PrometheusRule", "Secret", "Service",
-        "ServiceAccount", "ServiceMonitor",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "Pod",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
     }
 
 
 def test_default_renders_the_whole_system_without_monitoring_crds() -> None:
     kinds = sorted(d["kind"] for d in render())
-    assert kinds == sorted([
-        "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Pod", "PodDisruptionBudget",
-        "Role", "RoleBinding", "Secret", "Secret", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
-    ])
+    assert kinds == sorted(
+        [
+            "Deployment",
+            "Deployment",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "Pod",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "Secret",
+            "Service",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceAccount",
+        ]
+    )
 
 
 def test_monitoring_objects_follow_the_cluster_when_unset() -> None:
     """With the prometheus-operator API present, a plain install gets rules and scraping."""
     kinds = [d["kind"] for d in render(None, "--api-versions", "monitoring.coreos.com/v1")]
     assert kinds.count("ServiceMonitor") == 2 and kinds.count("PrometheusRule") == 1
-    off = {"metrics": {"serviceMonitor": {"enabled": False}}, "alerts": {"enabled": False},
-           "operator": {"serviceMonitor": {"enabled": False}}}
+    off = {
+        "metrics": {"serviceMonitor": {"enabled": False}},
+        "alerts": {"enabled": False},
+        "operator": {"serviceMonitor": {"enabled": False}},
+    }
     kinds = [d["kind"] for d in render(off, "--api-versions", "monitoring.coreos.com/v1")]
     assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
 
 
 def test_a_kind_without_schema_fails() -> None:
     with pytest.raises(SchemaNotFoundError):
-        validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
-                 KUBERNETES_VERSIONS[-1])
+        validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}, KUBERNETES_VERSIONS[-1])
 
 
 def test_validation_catches_mistakes() -> None:

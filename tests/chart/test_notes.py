@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import CHART, NAMESPACE, RELEASE, helm, values_file
+from tests.support.chart import CHART, NAMESPACE, RELEASE, helm, values_file
 
 
 def notes(values: dict[str, Any] | None, tmp_path: Any) -> str:
@@ -57,17 +57,22 @@ def test_own_image_repositories_need_no_build_hint(values: dict[str, Any], tmp_p
     assert IMAGE_HINT not in notes(values, tmp_path)
 
 
-@pytest.mark.parametrize("values", [
-    {"hostNetwork": True},
-    {"ice": {"existingSecret": "turn"}},
-    {"ice": {"servers": [{"urls": "stun:stun.example.org:3478"}]}},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"hostNetwork": True},
+        {"ice": {"existingSecret": "turn"}},
+        {"ice": {"servers": [{"urls": "stun:stun.example.org:3478"}]}},
+    ],
+)
 def test_no_ice_warning_when_media_is_reachable(values: dict[str, Any], tmp_path: Any) -> None:
     assert "WARNING: no ICE servers" not in notes(values, tmp_path)
 
 
 def test_monitoring_and_dry_run_notes(tmp_path: Any) -> None:
-    text = notes({"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
-                  "operator": {"dryRun": True}}, tmp_path)
+    text = notes(
+        {"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}, "operator": {"dryRun": True}},
+        tmp_path,
+    )
     assert "not installed" not in text
     assert "DRY RUN" in text

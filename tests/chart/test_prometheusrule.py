@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, helm, load_all, objects, one, render
+from tests.support.chart import ALL_ON, CHART, helm, load_all, objects, one, render
 from tests.support.prometheus import require_tool, rule_files
 
 OPERATOR_RULES = "media-operator.rules.yaml"
@@ -21,8 +21,12 @@ OPERATOR_RULES = "media-operator.rules.yaml"
 
 def source_groups(*, operator: bool = True) -> list[dict]:
     """The groups of alerts/, in file order; without the operator's file when no operator is scraped."""
-    return [group for path in rule_files() if operator or path.name != OPERATOR_RULES
-            for group in yaml.safe_load(path.read_text())["groups"]]
+    return [
+        group
+        for path in rule_files()
+        if operator or path.name != OPERATOR_RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+    ]
 
 
 def alert_names(groups: list[dict]) -> set[str]:
@@ -49,17 +53,23 @@ def test_default_install_carries_the_operator_rules() -> None:
     assert {"MediaOperatorDown", "MediaOperatorQuarantineBlocked"} <= alert_names(rule["spec"]["groups"])
 
 
-@pytest.mark.parametrize("operator", [
-    {"enabled": False},
-    {"enabled": False, "serviceMonitor": {"enabled": True}},
-    {"serviceMonitor": {"enabled": False}},
-], ids=["operator-disabled", "operator-disabled-monitor-on", "operator-not-scraped"])
+@pytest.mark.parametrize(
+    "operator",
+    [
+        {"enabled": False},
+        {"enabled": False, "serviceMonitor": {"enabled": True}},
+        {"serviceMonitor": {"enabled": False}},
+    ],
+    ids=["operator-disabled", "operator-disabled-monitor-on", "operator-not-scraped"],
+)
 def test_no_operator_rules_without_a_scraped_operator(operator: dict) -> None:
     """MediaOperatorDown would fire forever for an operator the chart neither installs nor scrapes."""
-    docs = render({"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
-                   "operator": operator})
-    assert [d for d in objects(docs, "ServiceMonitor")
-            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"] == []
+    docs = render({"alerts": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}, "operator": operator})
+    assert [
+        d
+        for d in objects(docs, "ServiceMonitor")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ] == []
     groups = one(docs, "PrometheusRule")["spec"]["groups"]
     assert groups == source_groups(operator=False)
     names = alert_names(groups)
@@ -71,8 +81,9 @@ def test_rendered_rule_passes_promtool(tmp_path: Path) -> None:
     rule = one(render(ALL_ON), "PrometheusRule")
     path = tmp_path / "rendered.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    result = subprocess.run([require_tool("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [require_tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     count = sum(len(g["rules"]) for g in source_groups())
     assert f"SUCCESS: {count} rules found" in result.stdout
@@ -94,8 +105,17 @@ def test_packaged_chart_carries_the_rule_files_not_the_link(tmp_path: Path) -> N
     unpacked = tmp_path / "unpacked"
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
-    text = helm("template", "media", str(unpacked / "media-service"), "--namespace", "media",
-                "--set", "alerts.enabled=true", "--set", "operator.serviceMonitor.enabled=true").stdout
+    text = helm(
+        "template",
+        "media",
+        str(unpacked / "media-service"),
+        "--namespace",
+        "media",
+        "--set",
+        "alerts.enabled=true",
+        "--set",
+        "operator.serviceMonitor.enabled=true",
+    ).stdout
     rule = next(d for d in load_all(text) if d["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == source_groups()
     assert not any(os.path.islink(p) for p in (unpacked / "media-service").rglob("*"))
@@ -113,6 +133,10 @@ def test_servicemonitor_carries_the_pool_the_drain_rule_reads() -> None:
     assert monitor["spec"]["podTargetLabels"] == [pool]
     series_label = re.sub(r"[^a-zA-Z0-9_]", "_", pool)
     assert series_label == "media_service_pool"
-    (drain,) = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
-                if r.get("alert") == "MediaServiceDrainStuck"]
+    (drain,) = [
+        r
+        for g in one(docs, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "MediaServiceDrainStuck"
+    ]
     assert f'{series_label}!="quarantined"' in drain["expr"]

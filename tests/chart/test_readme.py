@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from tests.chart.render import CHART
-from tests.chart.values_doc import BEGIN, END, documented_keys, table
+from tests.support.chart import CHART
 from tests.support.tools import REPO
+from tests.support.values_doc import BEGIN, END, documented_keys, table
 
 README = CHART / "README.md"
 
@@ -23,14 +23,15 @@ def leaves(node: Any, prefix: str = "") -> list[str]:
 def test_values_table_is_in_sync() -> None:
     text = README.read_text()
     section = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    assert section == table(), "run `python -m tests.chart.values_doc --write`"
+    assert section == table(), "run `python -m tests.support.values_doc --write`"
 
 
 def test_every_value_is_documented() -> None:
     documented = {key for key, _ in documented_keys((CHART / "values.yaml").read_text())}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    undocumented = [leaf for leaf in leaves(values)
-                    if not any(leaf == key or leaf.startswith(key + ".") for key in documented)]
+    undocumented = [
+        leaf for leaf in leaves(values) if not any(leaf == key or leaf.startswith(key + ".") for key in documented)
+    ]
     assert undocumented == []
 
 
@@ -42,8 +43,15 @@ def test_table_generator_sees_a_new_comment() -> None:
 def test_readme_shows_install_with_the_values_people_change_first() -> None:
     text = README.read_text()
     assert "helm install media charts/media-service" in text
-    for value in ("image.repository", "image.tag", "ice.existingSecret", "hostNetwork",
-                  "metrics.serviceMonitor.labels", "alerts.labels", "operator.maxQuarantined"):
+    for value in (
+        "image.repository",
+        "image.tag",
+        "ice.existingSecret",
+        "hostNetwork",
+        "metrics.serviceMonitor.labels",
+        "alerts.labels",
+        "operator.maxQuarantined",
+    ):
         assert value in text.split("## WebRTC reachability")[0], value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, NAMESPACE, RELEASE, objects, one, render, template
+from tests.support.chart import ALL_ON, CHART, NAMESPACE, RELEASE, container, objects, one, render, template
 
 POOL = {"media-service/pool": "serving"}
 MEDIA_LABELS = {
@@ -19,48 +19,83 @@ MEDIA_LABELS = {
     "media-service/pool": "serving",
 }
 SERVICE_SETTINGS = {
-    "MEDIA_HOST": "0.0.0.0", "MEDIA_PORT": "8080", "MEDIA_ADMIN_HOST": "0.0.0.0", "MEDIA_ADMIN_PORT": "9090",
-    "MEDIA_DRAIN_SECONDS": "30", "MEDIA_MAX_ICE_CANDIDATES": "50", "MEDIA_WS_SEND_BUFFER": "256",
-    "MEDIA_WS_SEND_TIMEOUT": "1", "MEDIA_WS_MAX_MESSAGE_BYTES": "65536", "MEDIA_WS_RATE_LIMIT": "50",
-    "MEDIA_LEAK_SAMPLE_INTERVAL": "10", "MEDIA_LEAK_BASELINE_SAMPLES": "30", "MEDIA_LEAK_FACTOR": "3",
-    "MEDIA_LEAK_ORPHAN_GRACE": "30", "MEDIA_MAX_SESSIONS": "500", "MEDIA_FAULT_INJECTION": "0",
-    "MEDIA_WHIP_MAX_BODY_BYTES": "65536", "MEDIA_SESSION_CONNECT_TIMEOUT": "30", "MEDIA_SESSION_CLOSE_TIMEOUT": "5",
-    "MEDIA_LOG_FORMAT": "json", "MEDIA_LOG_LEVEL": "info",
-    "MEDIA_AUTH": "token", "MEDIA_AUTH_SECRET_FILE": "/var/run/secrets/media-service/auth/secret",
+    "MEDIA_HOST": "0.0.0.0",
+    "MEDIA_PORT": "8080",
+    "MEDIA_ADMIN_HOST": "0.0.0.0",
+    "MEDIA_ADMIN_PORT": "9090",
+    "MEDIA_DRAIN_SECONDS": "30",
+    "MEDIA_MAX_ICE_CANDIDATES": "50",
+    "MEDIA_WS_SEND_BUFFER": "256",
+    "MEDIA_WS_SEND_TIMEOUT": "1",
+    "MEDIA_WS_MAX_MESSAGE_BYTES": "65536",
+    "MEDIA_WS_RATE_LIMIT": "50",
+    "MEDIA_LEAK_SAMPLE_INTERVAL": "10",
+    "MEDIA_LEAK_BASELINE_SAMPLES": "30",
+    "MEDIA_LEAK_FACTOR": "3",
+    "MEDIA_LEAK_ORPHAN_GRACE": "30",
+    "MEDIA_MAX_SESSIONS": "500",
+    "MEDIA_FAULT_INJECTION": "0",
+    "MEDIA_WHIP_MAX_BODY_BYTES": "65536",
+    "MEDIA_SESSION_CONNECT_TIMEOUT": "30",
+    "MEDIA_SESSION_CLOSE_TIMEOUT": "5",
+    "MEDIA_LOG_FORMAT": "json",
+    "MEDIA_LOG_LEVEL": "info",
+    "MEDIA_AUTH": "token",
+    "MEDIA_AUTH_SECRET_FILE": "/var/run/secrets/media-service/auth/secret",
 }
 OPERATOR_SETTINGS = {
     "MEDIA_OPERATOR_NAMESPACES": NAMESPACE,
     "MEDIA_OPERATOR_SELECTOR": "app.kubernetes.io/name=media-service,app.kubernetes.io/instance=media,"
-                               "app.kubernetes.io/component=media",
-    "MEDIA_OPERATOR_POD_ADMIN_PORT": "9090", "MEDIA_OPERATOR_SCRAPE_INTERVAL": "15",
-    "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3", "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "50",
-    "MEDIA_OPERATOR_CONFIRM_SECONDS": "120", "MEDIA_OPERATOR_MAX_QUARANTINED": "1",
-    "MEDIA_OPERATOR_STORM_FRACTION": "0.5", "MEDIA_OPERATOR_COOLDOWN_SECONDS": "300",
-    "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "900", "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "300",
-    "MEDIA_OPERATOR_DRY_RUN": "false", "MEDIA_OPERATOR_HTTP_HOST": "0.0.0.0", "MEDIA_OPERATOR_HTTP_PORT": "8081",
+    "app.kubernetes.io/component=media",
+    "MEDIA_OPERATOR_POD_ADMIN_PORT": "9090",
+    "MEDIA_OPERATOR_SCRAPE_INTERVAL": "15",
+    "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3",
+    "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "50",
+    "MEDIA_OPERATOR_CONFIRM_SECONDS": "120",
+    "MEDIA_OPERATOR_MAX_QUARANTINED": "1",
+    "MEDIA_OPERATOR_STORM_FRACTION": "0.5",
+    "MEDIA_OPERATOR_COOLDOWN_SECONDS": "300",
+    "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "900",
+    "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "300",
+    "MEDIA_OPERATOR_DRY_RUN": "false",
+    "MEDIA_OPERATOR_HTTP_HOST": "0.0.0.0",
+    "MEDIA_OPERATOR_HTTP_PORT": "8081",
     "MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": "/var/run/secrets/media-operator/webhook/token",
-    "MEDIA_OPERATOR_ALERT_NAMES": "MediaServiceGoroutineLeak", "MEDIA_OPERATOR_LOG_FORMAT": "json",
+    "MEDIA_OPERATOR_ALERT_NAMES": "MediaServiceGoroutineLeak",
+    "MEDIA_OPERATOR_LOG_FORMAT": "json",
 }
 # The most the operator may ever be granted (its contract). The exact set is proven by
 # tests/operator/test_rbac.py, which records the calls the real operator makes against the emulator.
-OPERATOR_ALLOWED = {("get", "", "pods"), ("list", "", "pods"), ("watch", "", "pods"), ("patch", "", "pods"),
-                    ("delete", "", "pods"), ("create", "", "pods/eviction"), ("create", "", "events")}
-OPERATOR_NEEDED = {("list", "", "pods"), ("watch", "", "pods"), ("patch", "", "pods"),
-                   ("create", "", "pods/eviction"), ("create", "", "events")}
+OPERATOR_ALLOWED = {
+    ("get", "", "pods"),
+    ("list", "", "pods"),
+    ("watch", "", "pods"),
+    ("patch", "", "pods"),
+    ("delete", "", "pods"),
+    ("create", "", "pods/eviction"),
+    ("create", "", "events"),
+}
+OPERATOR_NEEDED = {
+    ("list", "", "pods"),
+    ("watch", "", "pods"),
+    ("patch", "", "pods"),
+    ("create", "", "pods/eviction"),
+    ("create", "", "events"),
+}
 
 
 def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
+    return {
+        (verb, group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def media_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(docs, "Deployment", "media")
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
-    return c
 
 
 def env(c: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +152,11 @@ def test_every_pod_is_locked_down(values: dict[str, Any] | None) -> None:
 def test_only_the_operator_gets_an_api_token() -> None:
     docs = render()
     tokens = {name: spec.get("automountServiceAccountToken") for name, spec in pods_of(docs)}
-    assert tokens == {"media-media-service": False, "media-media-service-operator": True,
-                      "media-media-service-test-health": False}
+    assert tokens == {
+        "media-media-service": False,
+        "media-media-service-operator": True,
+        "media-media-service-test-health": False,
+    }
     sa = one(docs, "ServiceAccount", "media")
     assert sa["automountServiceAccountToken"] is False
 
@@ -164,7 +202,11 @@ def test_service_settings_come_from_values() -> None:
     changed = {"config": {"adminHost": "127.0.0.1", "maxSessions": 20, "faultInjection": True, "logFormat": "text"}}
     e = env(container(media_deployment(render(changed))))
     assert (e["MEDIA_ADMIN_HOST"], e["MEDIA_MAX_SESSIONS"], e["MEDIA_FAULT_INJECTION"], e["MEDIA_LOG_FORMAT"]) == (
-        "127.0.0.1", "20", "1", "text")
+        "127.0.0.1",
+        "20",
+        "1",
+        "text",
+    )
 
 
 def test_ice_servers_plain_or_from_a_secret() -> None:
@@ -188,7 +230,8 @@ def test_images_default_to_app_version_and_can_be_pinned() -> None:
     docs = render()
     assert container(media_deployment(docs))["image"] == f"ghcr.io/media-service/media-service:{app_version}"
     assert container(one(docs, "Deployment", "operator"))["image"] == (
-        f"ghcr.io/media-service/media-operator:{app_version}")
+        f"ghcr.io/media-service/media-operator:{app_version}"
+    )
     digest = "sha256:" + "a" * 64
     pinned = render({"image": {"digest": digest, "tag": "x"}, "operator": {"image": {"tag": "1.2.3"}}})
     assert container(media_deployment(pinned))["image"] == f"ghcr.io/media-service/media-service@{digest}"
@@ -214,22 +257,45 @@ def test_operator_deployment() -> None:
 
 
 def test_every_operator_setting_is_a_value() -> None:
-    values = {"operator": {
-        "watchNamespaces": ["a", "b"], "podSelector": "app=x", "podAdminPort": 9999, "scrapeInterval": 5,
-        "scrapeTimeout": 1, "scrapeConcurrency": 7, "confirmSeconds": 60, "maxQuarantined": "10%",
-        "stormFraction": 0.3, "cooldownSeconds": 10, "evictAfterSeconds": 20, "deleteGraceSeconds": 30,
-        "dryRun": True, "httpPort": 8888, "alertNames": ["A", "B"], "logFormat": "text",
-    }}
+    values = {
+        "operator": {
+            "watchNamespaces": ["a", "b"],
+            "podSelector": "app=x",
+            "podAdminPort": 9999,
+            "scrapeInterval": 5,
+            "scrapeTimeout": 1,
+            "scrapeConcurrency": 7,
+            "confirmSeconds": 60,
+            "maxQuarantined": "10%",
+            "stormFraction": 0.3,
+            "cooldownSeconds": 10,
+            "evictAfterSeconds": 20,
+            "deleteGraceSeconds": 30,
+            "dryRun": True,
+            "httpPort": 8888,
+            "alertNames": ["A", "B"],
+            "logFormat": "text",
+        }
+    }
     e = env(container(one(render(values), "Deployment", "operator")))
     assert {k: e[k] for k in OPERATOR_SETTINGS} == {
         **OPERATOR_SETTINGS,
-        "MEDIA_OPERATOR_NAMESPACES": "a,b", "MEDIA_OPERATOR_SELECTOR": "app=x", "MEDIA_OPERATOR_POD_ADMIN_PORT": "9999",
-        "MEDIA_OPERATOR_SCRAPE_INTERVAL": "5", "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "1",
-        "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "7", "MEDIA_OPERATOR_CONFIRM_SECONDS": "60",
-        "MEDIA_OPERATOR_MAX_QUARANTINED": "10%", "MEDIA_OPERATOR_STORM_FRACTION": "0.3",
-        "MEDIA_OPERATOR_COOLDOWN_SECONDS": "10", "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "20",
-        "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "30", "MEDIA_OPERATOR_DRY_RUN": "true",
-        "MEDIA_OPERATOR_HTTP_PORT": "8888", "MEDIA_OPERATOR_ALERT_NAMES": "A,B", "MEDIA_OPERATOR_LOG_FORMAT": "text",
+        "MEDIA_OPERATOR_NAMESPACES": "a,b",
+        "MEDIA_OPERATOR_SELECTOR": "app=x",
+        "MEDIA_OPERATOR_POD_ADMIN_PORT": "9999",
+        "MEDIA_OPERATOR_SCRAPE_INTERVAL": "5",
+        "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "1",
+        "MEDIA_OPERATOR_SCRAPE_CONCURRENCY": "7",
+        "MEDIA_OPERATOR_CONFIRM_SECONDS": "60",
+        "MEDIA_OPERATOR_MAX_QUARANTINED": "10%",
+        "MEDIA_OPERATOR_STORM_FRACTION": "0.3",
+        "MEDIA_OPERATOR_COOLDOWN_SECONDS": "10",
+        "MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "20",
+        "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "30",
+        "MEDIA_OPERATOR_DRY_RUN": "true",
+        "MEDIA_OPERATOR_HTTP_PORT": "8888",
+        "MEDIA_OPERATOR_ALERT_NAMES": "A,B",
+        "MEDIA_OPERATOR_LOG_FORMAT": "text",
     }
 
 
@@ -240,8 +306,11 @@ def test_operator_rbac_is_namespaced_and_least_privilege() -> None:
     assert not objects(docs, "ClusterRole") and not objects(docs, "ClusterRoleBinding")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert OPERATOR_NEEDED <= grants(role) <= OPERATOR_ALLOWED
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     sa = one(docs, "ServiceAccount", "operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
 
@@ -273,8 +342,11 @@ def test_operator_off_renders_no_operator_object() -> None:
 def test_existing_webhook_secret_is_used_not_generated() -> None:
     docs = render({"operator": {"webhook": {"existingSecret": "am-token", "secretKey": "bearer"}}})
     assert [s["metadata"]["name"] for s in objects(docs, "Secret")] == ["media-media-service-auth"]
-    volume = next(v for v in one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
-                  if v["name"] == "webhook-token")
+    volume = next(
+        v
+        for v in one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "webhook-token"
+    )
     assert volume["secret"]["secretName"] == "am-token"
     assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
 
@@ -287,12 +359,18 @@ def test_network_policy_guards_the_admin_port() -> None:
     assert public_rule["ports"] == [{"port": "http", "protocol": "TCP"}, {"protocol": "UDP"}]
     assert admin_rule["ports"] == [{"port": "admin", "protocol": "TCP"}]
     peers = [p.get("podSelector", {}).get("matchLabels", {}) for p in admin_rule["from"]]
-    assert {"app.kubernetes.io/component": "operator", "app.kubernetes.io/instance": RELEASE,
-            "app.kubernetes.io/name": "media-service"} in peers
+    assert {
+        "app.kubernetes.io/component": "operator",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/name": "media-service",
+    } in peers
     assert {"app.kubernetes.io/name": "prometheus"} in peers
     test_pod = one(docs, "Pod")
-    assert any(p.items() <= test_pod["metadata"]["labels"].items() for p in peers if "app.kubernetes.io/component" in p
-               and p["app.kubernetes.io/component"] == "helm-test")
+    assert any(
+        p.items() <= test_pod["metadata"]["labels"].items()
+        for p in peers
+        if "app.kubernetes.io/component" in p and p["app.kubernetes.io/component"] == "helm-test"
+    )
 
 
 def test_monitoring_objects_select_what_the_rules_expect() -> None:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.chart.render import ALL_ON, CHART, template
+from tests.support.chart import ALL_ON, CHART, template
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
@@ -66,8 +66,10 @@ def test_every_object_rejects_unknown_keys() -> None:
         ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "/metrics/serviceMonitor/enabled"),
         ({"metrics": {"serviceMonitor": {"interval": "15 seconds"}}}, "/metrics/serviceMonitor/interval"),
         # TURN credentials belong in a Secret (ice.existingSecret), never in values.
-        ({"ice": {"servers": [{"urls": "turn:turn.example.org", "username": "u", "credential": "p"}]}},
-         "additional properties"),
+        (
+            {"ice": {"servers": [{"urls": "turn:turn.example.org", "username": "u", "credential": "p"}]}},
+            "additional properties",
+        ),
         ({"ice": {"servers": [{"urls": "http://example.org"}]}}, "/ice/servers/0/urls"),
         ({"service": {"type": "ExternalName"}}, "/service/type"),
     ],

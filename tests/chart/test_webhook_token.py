@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 
-from tests.chart.render import CHART, NAMESPACE, RELEASE, load_all, one
+from tests.support.chart import CHART, NAMESPACE, RELEASE, load_all, one
 from tests.support.prometheus import require_tool
 
 SECRET = f"{RELEASE}-media-service-operator-webhook"
@@ -40,9 +40,15 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubernetesEmulator, Pat
             k8s.resources[f"v1/{plural}"] = ResourceInfo(namespaced=True, kind=kind, singular=kind.lower(), verbs=VERBS)
         for key, kind in GROUPS.items():
             k8s.resources[key] = ResourceInfo(namespaced=True, kind=kind, singular=kind.lower(), verbs=VERBS)
-        core_list = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
-            {"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": sorted(VERBS)}
-            for plural, kind in CORE.items()]}
+        core_list = {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "v1",
+            "resources": [
+                {"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": sorted(VERBS)}
+                for plural, kind in CORE.items()
+            ],
+        }
 
         # kmock 0.8 names the core group "/v1" in /api/v1, which client-go's RESTMapper rejects.
         async def api_v1(request: Any) -> dict[str, Any]:
@@ -50,20 +56,35 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubernetesEmulator, Pat
 
         k8s["get /api/v1"] << api_v1
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": str(server.url).rstrip("/")}}],
-            "users": [{"name": "helm", "user": {"token": "emulator"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "helm"}}],
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "emulator",
+                    "clusters": [{"name": "emulator", "cluster": {"server": str(server.url).rstrip("/")}}],
+                    "users": [{"name": "helm", "user": {"token": "emulator"}}],
+                    "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "helm"}}],
+                }
+            )
+        )
         yield k8s, kubeconfig
 
 
 async def render_against(kubeconfig: Path) -> list[dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        require_tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-        "--dry-run=server", "--disable-openapi-validation", "--kubeconfig", str(kubeconfig),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        require_tool("helm"),
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=server",
+        "--disable-openapi-validation",
+        "--kubeconfig",
+        str(kubeconfig),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()
@@ -79,12 +100,18 @@ async def test_upgrade_keeps_the_token_in_the_cluster(cluster: tuple[KubernetesE
     first = token_of(await render_against(kubeconfig))
     assert len(first) == 48
     # The Secret as the first install left it (with helm's ownership metadata).
-    existing = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": SECRET, "namespace": NAMESPACE,
-                             "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                             "annotations": {"meta.helm.sh/release-name": RELEASE,
-                                             "meta.helm.sh/release-namespace": NAMESPACE}},
-                "data": {"token": base64.b64encode(first.encode()).decode()}}
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": SECRET,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE},
+        },
+        "data": {"token": base64.b64encode(first.encode()).decode()},
+    }
     async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/secrets", json=existing) as response:
         assert response.status in (200, 201), await response.text()
     assert token_of(await render_against(kubeconfig)) == first
@@ -93,7 +120,7 @@ async def test_upgrade_keeps_the_token_in_the_cluster(cluster: tuple[KubernetesE
 
 def test_without_a_cluster_each_render_generates_a_new_token() -> None:
     """The contrast: what would happen on every upgrade without the lookup."""
-    from tests.chart.render import template
+    from tests.support.chart import template
 
     tokens = {token_of(load_all(template().stdout)) for _ in range(2)}
     assert len(tokens) == 2

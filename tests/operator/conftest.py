@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.emulator import Cluster, cluster
-from tests.operator.harness import OperatorProcess, start_fleet, start_operator, stop_fleet, stop_operator
+from tests.support.kube_emulator import Cluster, cluster
 from tests.support.media_process import MediaProcess
+from tests.support.operator_harness import OperatorProcess, start_fleet, start_operator, stop_fleet, stop_operator
 
 
 def _open_fds() -> dict[str, str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.operator.emulator import NAMESPACE, eventually
 from tests.support.alertmanager import alertmanager_server, example_config
+from tests.support.kube_emulator import NAMESPACE, eventually
 from tests.support.prometheus import fast_rules, prometheus_server, static_job
 
 LEAK = "MediaServiceGoroutineLeak"
@@ -22,7 +22,7 @@ LEAK = "MediaServiceGoroutineLeak"
 
 def notifications(log: str) -> list[dict]:
     lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
-    return [line for line in lines if line.get("event") == "alertmanager notification"]
+    return [line for line in lines if line.get("event") == "alertmanager_notification"]
 
 
 async def test_leak_alert_is_routed_to_the_operator_which_quarantines_the_pod(k8s, fleet, operator, tmp_path: Path):
@@ -31,30 +31,43 @@ async def test_leak_alert_is_routed_to_the_operator_which_quarantines_the_pod(k8
     token_file = tmp_path / "token"
     token_file.write_text("e2e-token\n")
     # No confirmation window the test would wait for: only the alert can lead to the quarantine.
-    op = await operator(admin_port, {"MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": str(token_file),
-                                     "MEDIA_OPERATOR_CONFIRM_SECONDS": "3600"}, pods=1)
+    op = await operator(
+        admin_port,
+        {"MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": str(token_file), "MEDIA_OPERATOR_CONFIRM_SECONDS": "3600"},
+        pods=1,
+    )
     with contextlib.ExitStack() as stack:
         # The servers start in threads: the emulator the operator talks to runs on this loop.
-        am = await asyncio.to_thread(stack.enter_context, alertmanager_server(
-            tmp_path / "am", example_config(f"{op.url}/alertmanager", token_file)))
-        prom = await asyncio.to_thread(stack.enter_context, prometheus_server(
-            tmp_path / "prom",
-            scrape_configs=[static_job("media-service", f"{media.host}:{admin_port}",
-                                       {"namespace": NAMESPACE, "pod": pod}),
-                            static_job("media-operator", op.url.removeprefix("http://"))],
-            rule_paths=fast_rules(tmp_path / "rules"),
-            alertmanager_urls=[am.url],
-        ))
+        am = await asyncio.to_thread(
+            stack.enter_context,
+            alertmanager_server(tmp_path / "am", example_config(f"{op.url}/alertmanager", token_file)),
+        )
+        prom = await asyncio.to_thread(
+            stack.enter_context,
+            prometheus_server(
+                tmp_path / "prom",
+                scrape_configs=[
+                    static_job("media-service", f"{media.host}:{admin_port}", {"namespace": NAMESPACE, "pod": pod}),
+                    static_job("media-operator", op.url.removeprefix("http://")),
+                ],
+                rule_paths=fast_rules(tmp_path / "rules"),
+                alertmanager_urls=[am.url],
+            ),
+        )
         baseline = await asyncio.to_thread(media.poll_metric, "media_goroutine_baseline", lambda v: v > 0)
-        await asyncio.to_thread(prom.wait_for_query, 'media_goroutine_baseline{job="media-service"}',
-                                lambda r: bool(r) and float(r[0]["value"][1]) > 0)
+        await asyncio.to_thread(
+            prom.wait_for_query,
+            'media_goroutine_baseline{job="media-service"}',
+            lambda r: bool(r) and float(r[0]["value"][1]) > 0,
+        )
 
         leaked = int(3 * baseline) + 1
         async with httpx.AsyncClient(base_url=media.admin_url, timeout=10) as admin:
             assert (await admin.post("/debug/leak", params={"tasks": str(leaked)})).status_code == 200
 
-            events = await eventually(lambda: k8s.events(pod, "LeakQuarantined"), timeout=120,
-                                      what="quarantine after the alert fired")
+            events = await eventually(
+                lambda: k8s.events(pod, "LeakQuarantined"), timeout=120, what="quarantine after the alert fired"
+            )
             (patch,) = k8s.patches(pod)
             assert patch["metadata"]["labels"]["media-service/pool"] == "quarantined"
             assert "confirmed by alertmanager" in patch["metadata"]["annotations"]["media-service/quarantine-reason"]

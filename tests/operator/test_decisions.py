@@ -34,8 +34,16 @@ def key(i: int) -> tuple[str, str]:
 
 
 def rules(**kw) -> Rules:
-    base = {"confirm_seconds": 120, "cooldown_seconds": 300, "budget": Budget(count=1), "storm_fraction": 0.5,
-            "evict_after_seconds": 900, "delete_grace_seconds": 300, "retry_base_seconds": 15}
+    base = {
+        "confirm_seconds": 120,
+        "cooldown_seconds": 300,
+        "budget": Budget(count=1),
+        "storm_fraction": 0.5,
+        "evict_after_seconds": 900,
+        "delete_grace_seconds": 300,
+        "retry_base_seconds": 15,
+        "dry_run": False,
+    }
     return Rules(**{**base, **kw})
 
 
@@ -44,8 +52,14 @@ def readings(n: int, leaky: set[int], other: Reading = OK) -> dict:
 
 
 def quarantined(name: str, at: float, evict_after: float | None = None) -> PodView:
-    return PodView("ns", name, ip="10.0.1.1", quarantined=True, quarantined_at=at,
-                   evict_after=evict_after if evict_after is not None else at + 900)
+    return PodView(
+        "ns",
+        name,
+        ip="10.0.1.1",
+        quarantined=True,
+        quarantined_at=at,
+        evict_after=evict_after if evict_after is not None else at + 900,
+    )
 
 
 def test_confirmation_needs_the_gauge_up_for_the_whole_window():
@@ -156,7 +170,7 @@ def test_budget_counts_pods_still_in_quarantine_and_blocks_once():
     assert d.actions == [Quarantine(key(0), Source.SCRAPE, 0)]
     assert sorted((b.key, b.reason) for b in d.blocked) == [(key(1), BlockReason.BUDGET), (key(2), BlockReason.BUDGET)]
     # Next round: same situation, already reported: no second report, no action.
-    fleet = [quarantined("p0", 120)] + fleet[1:]
+    fleet = [quarantined("p0", 120), *fleet[1:]]
     d = decider.decide(135, fleet, readings(4, {0, 1, 2}))
     assert d.actions == [] and d.blocked == []
 
@@ -196,7 +210,7 @@ def test_percentage_budget():
 
 
 def test_cooldown_recovered_from_annotations_after_restart():
-    fleet = [quarantined("q", at=1000)] + pods(4)
+    fleet = [quarantined("q", at=1000), *pods(4)]
     decider = Decider(rules(budget=Budget(count=2)))
     r = readings(4, {1}) | {("ns", "q"): OK}
     decider.decide(1000, fleet, r)
@@ -227,7 +241,7 @@ def test_one_leaky_pod_is_never_a_storm():
 
 def test_storm_counts_only_serving_pods():
     decider = Decider(rules(budget=Budget(count=3)))
-    fleet = [quarantined("q1", 0), quarantined("q2", 0)] + pods(4)
+    fleet = [quarantined("q1", 0), quarantined("q2", 0), *pods(4)]
     r = readings(4, {1}) | {("ns", "q1"): LEAK, ("ns", "q2"): LEAK}
     decider.decide(500, fleet, r)
     d = decider.decide(620, fleet, r)
@@ -243,7 +257,7 @@ def test_dry_run_decides_and_changes_nothing():
     assert sorted((b.key, b.reason) for b in d.blocked) == [(key(1), BlockReason.DRY_RUN), (key(2), BlockReason.BUDGET)]
     assert decider.decide(135, fleet, readings(4, {1, 2})).blocked == []  # reported once
     # Evictions are decided but not done either.
-    fleet = [quarantined("q", at=0)] + fleet
+    fleet = [quarantined("q", at=0), *fleet]
     d = decider.decide(1000, fleet, readings(4, {1, 2}) | {("ns", "q"): OK})
     assert d.actions == [] and (("ns", "q"), BlockReason.DRY_RUN) in [(b.key, b.reason) for b in d.blocked]
 
@@ -253,7 +267,8 @@ def test_eviction_when_sessions_reach_zero():
     pod = quarantined("q", at=0)
     assert decider.decide(10, [pod], {pod.key: Reading(leak=True, sessions=2)}).actions == []
     assert decider.decide(20, [pod], {pod.key: Reading(leak=True, sessions=0)}).actions == [
-        Evict(pod.key, "no sessions left")]
+        Evict(pod.key, "no sessions left")
+    ]
     decider.eviction_done(pod.key, 20, EvictionResult.EVICTED)
     assert decider.decide(30, [pod], {pod.key: Reading(leak=True, sessions=0)}).actions == []
 
@@ -350,7 +365,7 @@ def test_cooldown_counts_from_a_quarantine_once_the_watch_shows_it():
 
 def test_one_action_per_pod_per_decision():
     decider = Decider(rules(budget=Budget(count=10), cooldown_seconds=0, storm_fraction=1.0))
-    fleet = pods(6) + [quarantined("q", 0, evict_after=0)]
+    fleet = [*pods(6), quarantined("q", 0, evict_after=0)]
     decider.alert(key(0), 0)
     r = readings(6, {0, 1, 2}) | {("ns", "q"): Reading(leak=True, sessions=0)}
     decider.decide(0, fleet, r)
@@ -362,8 +377,11 @@ def test_one_action_per_pod_per_decision():
 
 def _operator_imports(module: str) -> set[str]:
     tree = ast.parse((Path(media_operator.__file__).parent / f"{module}.py").read_text())
-    return {node.module for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("media_operator")}
+    return {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("media_operator")
+    }
 
 
 def test_the_model_imports_nothing_of_the_operator_and_the_logic_only_the_model():

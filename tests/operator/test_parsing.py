@@ -6,11 +6,9 @@ import copy
 
 import pytest
 
+from media_common.contract import EVICT_AFTER, POOL_LABEL, QUARANTINED_AT
 from media_operator.alerts import AlertTriage, InvalidPayload, parse_notification
 from media_operator.labels import (
-    EVICT_AFTER,
-    POOL,
-    QUARANTINED_AT,
     parse_rfc3339,
     pod_view,
     quarantine_patch,
@@ -47,13 +45,16 @@ def test_reading_from_exposition():
     assert parse_reading(EXPOSITION.replace("leak 1.0", "leak 0.0")).leak is False
 
 
-@pytest.mark.parametrize(("text", "why"), [
-    ("", "missing"),
-    ("<html>oops</html>", "missing"),
-    ("media_potential_goroutine_leak banana\n", "bad exposition"),
-    ("media_potential_goroutine_leak 0.5\n", "expected 0 or 1"),
-    ("media_potential_goroutine_leak{x=\"1\" 1\n", "bad exposition"),
-])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "missing"),
+        ("<html>oops</html>", "missing"),
+        ("media_potential_goroutine_leak banana\n", "bad exposition"),
+        ("media_potential_goroutine_leak 0.5\n", "expected 0 or 1"),
+        ('media_potential_goroutine_leak{x="1" 1\n', "bad exposition"),
+    ],
+)
 def test_unparseable_expositions(text, why):
     with pytest.raises(Unparseable, match=why):
         parse_reading(text)
@@ -64,15 +65,20 @@ def test_sessions_are_optional():
 
 
 def test_task_summary_names_the_largest_groups():
-    dump = {"tasks": 1030, "groups": [
-        {"coroutine": "media_service.leak.faults.injected_leak", "owner": "unowned", "count": 1000},
-        {"coroutine": "aiortc.rtcsctptransport._data_channel_flush", "owner": "live", "count": 20},
-        {"coroutine": "uvicorn.server.serve", "owner": "unowned", "count": 1},
-        {"coroutine": "x", "owner": "unowned", "count": 1},
-    ]}
-    assert summarize_tasks(dump) == ("1000× media_service.leak.faults.injected_leak (unowned), "
-                                     "20× aiortc.rtcsctptransport._data_channel_flush (live), "
-                                     "1× uvicorn.server.serve (unowned)")
+    dump = {
+        "tasks": 1030,
+        "groups": [
+            {"coroutine": "media_service.leak.faults.injected_leak", "owner": "unowned", "count": 1000},
+            {"coroutine": "aiortc.rtcsctptransport._data_channel_flush", "owner": "live", "count": 20},
+            {"coroutine": "uvicorn.server.serve", "owner": "unowned", "count": 1},
+            {"coroutine": "x", "owner": "unowned", "count": 1},
+        ],
+    }
+    assert summarize_tasks(dump) == (
+        "1000× media_service.leak.faults.injected_leak (unowned), "
+        "20× aiortc.rtcsctptransport._data_channel_flush (live), "
+        "1× uvicorn.server.serve (unowned)"
+    )
     assert summarize_tasks({"nothing": 1}) == "task dump has no groups"
 
 
@@ -83,7 +89,7 @@ def test_task_summary_of_a_dump_that_is_not_an_object(dump):
 
 NOTIFICATION = {
     "version": "4",
-    "groupKey": "{}:{alertname=\"MediaServiceGoroutineLeak\"}",
+    "groupKey": '{}:{alertname="MediaServiceGoroutineLeak"}',
     "truncatedAlerts": 0,
     "status": "firing",
     "receiver": "media-operator",
@@ -91,15 +97,17 @@ NOTIFICATION = {
     "commonLabels": {"alertname": "MediaServiceGoroutineLeak"},
     "commonAnnotations": {},
     "externalURL": "http://alertmanager:9093",
-    "alerts": [{
-        "status": "firing",
-        "labels": {"alertname": "MediaServiceGoroutineLeak", "namespace": "media", "pod": "media-0"},
-        "annotations": {"summary": "leak"},
-        "startsAt": "2026-11-24T01:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://prometheus/graph",
-        "fingerprint": "c0ffee",
-    }],
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "MediaServiceGoroutineLeak", "namespace": "media", "pod": "media-0"},
+            "annotations": {"summary": "leak"},
+            "startsAt": "2026-11-24T01:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph",
+            "fingerprint": "c0ffee",
+        }
+    ],
 }
 
 
@@ -123,18 +131,25 @@ def test_triage_accepts_once_and_ignores_the_rest():
     result = triage.triage(parse_notification(payload), in_scope)
     assert result.accepted == [("media", "media-0")]
     assert [why for _, why in result.ignored] == [
-        "resolved", "alert name not in the allow-list", "pod not in scope", "no namespace and pod labels"]
+        "resolved",
+        "alert name not in the allow-list",
+        "pod not in scope",
+        "no namespace and pod labels",
+    ]
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda p: p.update(version="3"), "version"),
-    (lambda p: p.pop("alerts"), "alerts must be a list"),
-    (lambda p: p.update(status="pending"), "status"),
-    (lambda p: p["alerts"][0].update(labels={"a": 1}), r"alerts\[0\].labels"),
-    (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
-    (lambda p: p["alerts"][0].update(status=None), r"alerts\[0\].status"),
-    (lambda p: p.update(alerts=["x"]), r"alerts\[0\] must be an object"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p.update(version="3"), "version"),
+        (lambda p: p.pop("alerts"), "alerts must be a list"),
+        (lambda p: p.update(status="pending"), "status"),
+        (lambda p: p["alerts"][0].update(labels={"a": 1}), r"alerts\[0\].labels"),
+        (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+        (lambda p: p["alerts"][0].update(status=None), r"alerts\[0\].status"),
+        (lambda p: p.update(alerts=["x"]), r"alerts\[0\] must be an object"),
+    ],
+)
 def test_invalid_payloads(mutate, message):
     payload = copy.deepcopy(NOTIFICATION)
     mutate(payload)
@@ -146,18 +161,31 @@ def test_invalid_payloads(mutate, message):
 
 def test_label_contract_round_trip():
     patch = quarantine_patch(1_800_000_000, 900, "leak")
-    assert patch["metadata"]["labels"] == {POOL: "quarantined"}
+    assert patch["metadata"]["labels"] == {POOL_LABEL: "quarantined"}
     ann = patch["metadata"]["annotations"]
     assert ann[QUARANTINED_AT] == "2027-01-15T08:00:00Z" and ann[EVICT_AFTER] == "2027-01-15T08:15:00Z"
     assert parse_rfc3339(rfc3339(1_800_000_000)) == 1_800_000_000
     assert parse_rfc3339("2027-01-15T08:00:00.5+00:00") == 1_800_000_000.5
     assert parse_rfc3339("garbage") is None and parse_rfc3339(None) is None
-    body = {"metadata": {"namespace": "n", "name": "p", "uid": "u", "labels": {POOL: "quarantined"},
-                         "annotations": ann, "deletionTimestamp": "2027-01-15T08:00:00Z"},
-            "status": {"podIP": "10.1.2.3"}}
+    body = {
+        "metadata": {
+            "namespace": "n",
+            "name": "p",
+            "uid": "u",
+            "labels": {POOL_LABEL: "quarantined"},
+            "annotations": ann,
+            "deletionTimestamp": "2027-01-15T08:00:00Z",
+        },
+        "status": {"podIP": "10.1.2.3"},
+    }
     view = pod_view(body)
     assert (view.quarantined, view.quarantined_at, view.evict_after, view.terminating, view.ip) == (
-        True, 1_800_000_000, 1_800_000_900, True, "10.1.2.3")
+        True,
+        1_800_000_000,
+        1_800_000_900,
+        True,
+        "10.1.2.3",
+    )
 
 
 def test_store_follows_the_selector():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.emulator import SESSION_CALLS, eventually
-from tests.operator.harness import inject_leak
+from tests.support.kube_emulator import SESSION_CALLS, eventually
+from tests.support.operator_harness import inject_leak
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "media-service"
@@ -33,15 +33,23 @@ def granted_by_chart(*values: str) -> set[tuple[str, str, str]]:
     for value in values:
         args += ["--set", value]
     rendered = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
-    roles = [doc for doc in yaml.safe_load_all(rendered)
-             if isinstance(doc, dict) and doc.get("kind") in ("Role", "ClusterRole")
-             and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"]
+    roles = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if isinstance(doc, dict)
+        and doc.get("kind") in ("Role", "ClusterRole")
+        and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+    ]
     assert roles, "the chart renders no Role for the operator"
     grants = set()
     for role in roles:
         for rule in role["rules"]:
-            grants |= {(verb, group, resource) for group in rule["apiGroups"]
-                       for resource in rule["resources"] for verb in rule["verbs"]}
+            grants |= {
+                (verb, group, resource)
+                for group in rule["apiGroups"]
+                for resource in rule["resources"]
+                for verb in rule["verbs"]
+            }
     return grants
 
 
@@ -49,8 +57,9 @@ async def test_role_grants_exactly_what_the_operator_calls(k8s, fleet, operator)
     media, port = await fleet(3)
     names = [await k8s.add_pod(m.host) for m in media]
     k8s.refuse_evictions = -1
-    op = await operator(port, {"MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "1", "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "1"},
-                        pods=3)
+    op = await operator(
+        port, {"MEDIA_OPERATOR_EVICT_AFTER_SECONDS": "1", "MEDIA_OPERATOR_DELETE_GRACE_SECONDS": "1"}, pods=3
+    )
     await inject_leak(media[0])
     await eventually(lambda: k8s.pod(names[0]) is None, timeout=30, what="deleted as the last resort")
     await op.wait_metric("media_operator_evictions_total", lambda v: v == 1, result="deleted")

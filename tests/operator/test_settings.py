@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from media_common.settings import fields, flag
 from media_operator.model import Budget
-from media_operator.settings import OPTIONS, SettingsError, load
+from media_operator.settings import Settings, SettingsError, load
 
 
 def test_defaults_match_the_contract():
@@ -45,17 +46,20 @@ def test_token_file_wins(tmp_path):
         load([], env={"MEDIA_OPERATOR_WEBHOOK_TOKEN_FILE": str(tmp_path / "missing")})
 
 
-@pytest.mark.parametrize(("var", "value"), [
-    ("MEDIA_OPERATOR_MAX_QUARANTINED", "lots"),
-    ("MEDIA_OPERATOR_MAX_QUARANTINED", "120%"),
-    ("MEDIA_OPERATOR_STORM_FRACTION", "0"),
-    ("MEDIA_OPERATOR_SCRAPE_INTERVAL", "-1"),
-    ("MEDIA_OPERATOR_POD_ADMIN_PORT", "70000"),
-    ("MEDIA_OPERATOR_DRY_RUN", "maybe"),
-    ("MEDIA_OPERATOR_SELECTOR", "app!=x"),
-    ("MEDIA_OPERATOR_LOG_FORMAT", "xml"),
-    ("MEDIA_OPERATOR_NAMESPACES", "media-*"),
-])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("MEDIA_OPERATOR_MAX_QUARANTINED", "lots"),
+        ("MEDIA_OPERATOR_MAX_QUARANTINED", "120%"),
+        ("MEDIA_OPERATOR_STORM_FRACTION", "0"),
+        ("MEDIA_OPERATOR_SCRAPE_INTERVAL", "-1"),
+        ("MEDIA_OPERATOR_POD_ADMIN_PORT", "70000"),
+        ("MEDIA_OPERATOR_DRY_RUN", "maybe"),
+        ("MEDIA_OPERATOR_SELECTOR", "app!=x"),
+        ("MEDIA_OPERATOR_LOG_FORMAT", "xml"),
+        ("MEDIA_OPERATOR_NAMESPACES", "media-*"),
+    ],
+)
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         load([], env={var: value})
@@ -66,23 +70,31 @@ def test_selector_on_the_pool_label_is_refused(selector):
     with pytest.raises(SettingsError) as raised:
         load([], env={"MEDIA_OPERATOR_SELECTOR": selector})
     message = str(raised.value)
-    assert message.startswith("MEDIA_OPERATOR_SELECTOR (--selector): invalid value") and "\n" not in message
+    assert message.startswith(f"invalid MEDIA_OPERATOR_SELECTOR={selector!r}: ") and "\n" not in message
     assert "must not select on media-service/pool" in message
 
 
 def test_scrape_timeout_must_be_under_twice_the_interval():
     assert load([], env={"MEDIA_OPERATOR_SCRAPE_INTERVAL": "2", "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "3.9"})
-    with pytest.raises(SettingsError, match="^MEDIA_OPERATOR_SCRAPE_TIMEOUT: must be shorter than twice"):
+    with pytest.raises(SettingsError, match=r"^MEDIA_OPERATOR_SCRAPE_TIMEOUT: must be shorter than twice"):
         load([], env={"MEDIA_OPERATOR_SCRAPE_INTERVAL": "2", "MEDIA_OPERATOR_SCRAPE_TIMEOUT": "4"})
 
 
 def test_help_lists_every_setting_and_bad_values_stop_with_one_line():
-    out = subprocess.run([sys.executable, "-m", "media_operator", "--help"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    for option in OPTIONS:
-        assert option.env in out and option.flag in out
-    bad = subprocess.run([sys.executable, "-m", "media_operator"], capture_output=True, text=True, timeout=60,
-                         env={"MEDIA_OPERATOR_STORM_FRACTION": "2", "PATH": ""}, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "media_operator", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    for field in fields(Settings):
+        assert field.metadata["env"] in out and flag(field) in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "media_operator"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"MEDIA_OPERATOR_STORM_FRACTION": "2", "PATH": ""},
+        check=False,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "media-operator: MEDIA_OPERATOR_STORM_FRACTION (--storm-fraction): invalid value '2': must be within (0, 1]"]
+        "media-operator: invalid MEDIA_OPERATOR_STORM_FRACTION='2': expected a number above 0 to 1"
+    ]

@@ -196,3 +196,35 @@ class WebhookReceiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+def notification(
+    pod: str,
+    fingerprint: str,
+    status: str = "firing",
+    name: str = "MediaServiceGoroutineLeak",
+    starts_at: str = "2026-11-24T01:00:00Z",
+) -> dict:
+    labels = {"alertname": name, "namespace": "media", "pod": pod, "severity": "warning"}
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{name}"}}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "media-operator",
+        "groupLabels": {"alertname": name},
+        "commonLabels": labels,
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.monitoring:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": labels,
+                "annotations": {"summary": "task leak"},
+                "startsAt": starts_at,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus/graph",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }

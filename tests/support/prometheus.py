@@ -203,3 +203,34 @@ class MetricsTarget:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+# The operator's metric contract (the operator is built in parallel against these names).
+OPERATOR_METRICS = {
+    "media_operator_pods_watched",
+    "media_operator_scrapes_total",
+    "media_operator_quarantines_total",
+    "media_operator_decisions_blocked_total",
+    "media_operator_evictions_total",
+    "media_operator_storm",
+}
+
+
+def all_rules() -> list[dict]:
+    return [
+        rule for path in rule_files() for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def alert_rules() -> list[dict]:
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def service_metric_names() -> set[str]:
+    """Series names the service exposes (counters with their _total), labelled or not."""
+    from media_service.metrics import ServiceMetrics
+
+    return {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in ServiceMetrics().registry.collect()
+    }

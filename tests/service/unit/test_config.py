@@ -64,6 +64,11 @@ def test_flag_wins_over_variable_over_default() -> None:
         ({"MEDIA_ICE_SERVERS": '[{"url": "stun:x"}]'}, 'expected a JSON list of objects with "urls"'),
         ({"MEDIA_ICE_SERVERS": '[{"urls": "http://x"}]'}, "expected stun:, stuns:, turn: or turns: URLs"),
         ({"MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1,nope"}, "invalid MEDIA_ICE_HOST_ADDRESSES='127.0.0.1,nope'"),
+        ({"MEDIA_REDIS_URL": "http://redis:6379"}, "expected a redis:// or rediss:// URL"),
+        ({"MEDIA_REDIS_URL": "redis://"}, "expected a redis:// or rediss:// URL with a host"),
+        ({"MEDIA_ADVERTISE_URL": "10.1.2.3:8080"}, "expected http://host:port or https://host:port"),
+        ({"MEDIA_ADVERTISE_URL": "http://10.1.2.3:8080/whip"}, "expected http://host:port or https://host:port"),
+        ({"MEDIA_REDIS_PASSWORD_FILE": "/nonexistent/password"}, "expected a readable file"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -126,3 +131,13 @@ def test_docs_list_every_setting_with_its_default() -> None:
         )
         assert table.get(field.metadata["env"]) == str(shown), field.metadata["env"]
     assert set(table) == {f.metadata["env"] for f in dataclasses.fields(Settings)}
+
+
+def test_the_public_url_other_replicas_forward_to() -> None:
+    assert load([], {"MEDIA_ADVERTISE_URL": "http://10.1.2.3:8080/"}).public_url == "http://10.1.2.3:8080"
+    assert load([], {"MEDIA_HOST": "10.0.0.9", "MEDIA_PORT": "8443"}).public_url == "http://10.0.0.9:8443"
+    assert load([], {"MEDIA_HOST": "fd00::9"}).public_url == "http://[fd00::9]:8080"
+    derived = load([], {}).public_url  # listening on every address: the host's name stands for it
+    assert derived.startswith("http://") and derived.endswith(":8080") and "0.0.0.0" not in derived
+    settings = load([], {"MEDIA_REDIS_URL": "rediss://:secret@redis.example:6380/1"})
+    assert settings.redis_url == "rediss://:secret@redis.example:6380/1"

@@ -55,8 +55,12 @@ class Call:
 def _verb(method: str, name: str | None, params: dict[str, str]) -> str:
     if method == "GET":
         return "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
-    return {"POST": "create", "PATCH": "patch", "PUT": "update",
-            "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+    return {
+        "POST": "create",
+        "PATCH": "patch",
+        "PUT": "update",
+        "DELETE": "delete" if name else "deletecollection",
+    }.get(method, method.lower())
 
 
 @dataclass
@@ -72,21 +76,36 @@ class Cluster:
         return str(self.server.url).rstrip("/")
 
     def write_kubeconfig(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "operator", "user": {"token": "emulator-token"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator",
-                                                          "namespace": NAMESPACE}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "emulator",
+                    "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+                    "users": [{"name": "operator", "user": {"token": "emulator-token"}}],
+                    "contexts": [
+                        {
+                            "name": "emulator",
+                            "context": {"cluster": "emulator", "user": "operator", "namespace": NAMESPACE},
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     @staticmethod
     def pod_body(ip: str, name: str, labels: dict[str, str] | None = None, namespace: str = NAMESPACE) -> dict:
         return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-                         "labels": dict(MEDIA_LABELS if labels is None else labels)},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "labels": dict(MEDIA_LABELS if labels is None else labels),
+            },
             "spec": {"containers": [{"name": "media", "image": "media-service:test"}]},
             "status": {"phase": "Running", "podIP": ip},
         }
@@ -97,8 +116,9 @@ class Cluster:
         self.k8s.objects["v1/pods", NAMESPACE, name] = self.pod_body(ip, name)
         return name
 
-    async def add_pod(self, ip: str, *, name: str | None = None, labels: dict[str, str] | None = None,
-                      namespace: str = NAMESPACE) -> str:
+    async def add_pod(
+        self, ip: str, *, name: str | None = None, labels: dict[str, str] | None = None, namespace: str = NAMESPACE
+    ) -> str:
         """Create a pod through the API, as a ReplicaSet would (watchers see ADDED)."""
         name = name or f"media-{next(self._names)}"
         body = self.pod_body(ip, name, labels, namespace)
@@ -127,9 +147,15 @@ class Cluster:
 
     def patches(self, name: str) -> list[dict[str, Any]]:
         """The PATCH bodies the operator sent for one pod (each one is an action on it)."""
-        return [r.data for r in list(self.k8s)
-                if r.method == "PATCH" and r.name == name and r.resource is not None
-                and r.resource.plural == "pods" and not _is_fixture(r.headers)]
+        return [
+            r.data
+            for r in list(self.k8s)
+            if r.method == "PATCH"
+            and r.name == name
+            and r.resource is not None
+            and r.resource.plural == "pods"
+            and not _is_fixture(r.headers)
+        ]
 
     def operator_calls(self) -> list[Call]:
         calls = []
@@ -147,18 +173,25 @@ class Cluster:
         if self.refuse_evictions != 0:
             self.refuse_evictions -= 1 if self.refuse_evictions > 0 else 0
             self.eviction_attempts.append((time.monotonic(), name, 429))
-            raise KubernetesError(status=429, reason="TooManyRequests",
-                                  message="Cannot evict pod as it would violate the pod's disruption budget.",
-                                  details={"causes": [{"reason": "DisruptionBudget",
-                                                       "message": "The disruption budget test needs 1 healthy pod"}]})
+            raise KubernetesError(
+                status=429,
+                reason="TooManyRequests",
+                message="Cannot evict pod as it would violate the pod's disruption budget.",
+                details={
+                    "causes": [
+                        {"reason": "DisruptionBudget", "message": "The disruption budget test needs 1 healthy pod"}
+                    ]
+                },
+            )
         # An allowed eviction is a deletion done by the API server.
         async with self.k8s.delete(f"/api/v1/namespaces/{namespace}/pods/{name}") as response:
             status = response.status
         self.eviction_attempts.append((time.monotonic(), name, 201 if status == 200 else status))
         if status == 404:
             raise KubernetesError(status=404, reason="NotFound", message=f'pods "{name}" not found')
-        return Response(status=201, payload={"apiVersion": "v1", "kind": "Status", "metadata": {},
-                                             "status": "Success", "code": 201})
+        return Response(
+            status=201, payload={"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 201}
+        )
 
 
 def _is_fixture(headers: Any) -> bool:
@@ -169,16 +202,25 @@ def _is_fixture(headers: Any) -> bool:
 async def cluster() -> AsyncIterator[Cluster]:
     async with KubernetesEmulator() as k8s, Server(k8s) as server:
         k8s.resources["v1/pods"] = ResourceInfo(
-            namespaced=True, kind="Pod", singular="pod", shortnames={"po"},
+            namespaced=True,
+            kind="Pod",
+            singular="pod",
+            shortnames={"po"},
             verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            subresources={"eviction", "status"})
-        k8s.resources["v1/events"] = ResourceInfo(namespaced=True, kind="Event", singular="event",
-                                                  verbs={"create", "get", "list", "patch", "watch"})
-        k8s.resources["v1/namespaces"] = ResourceInfo(namespaced=False, kind="Namespace", singular="namespace",
-                                                      verbs={"get", "list", "watch"})
+            subresources={"eviction", "status"},
+        )
+        k8s.resources["v1/events"] = ResourceInfo(
+            namespaced=True, kind="Event", singular="event", verbs={"create", "get", "list", "patch", "watch"}
+        )
+        k8s.resources["v1/namespaces"] = ResourceInfo(
+            namespaced=False, kind="Namespace", singular="namespace", verbs={"get", "list", "watch"}
+        )
         k8s.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = ResourceInfo(
-            namespaced=False, kind="CustomResourceDefinition", singular="customresourcedefinition",
-            verbs={"get", "list", "watch"})
+            namespaced=False,
+            kind="CustomResourceDefinition",
+            singular="customresourcedefinition",
+            verbs={"get", "list", "watch"},
+        )
         state = Cluster(k8s, server)
         k8s["post", _EVICTION_PATH] << state._evict
         try:

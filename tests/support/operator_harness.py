@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.operator.emulator import NAMESPACE, Cluster, eventually
+from tests.support.kube_emulator import NAMESPACE, Cluster, eventually
 from tests.support.media_process import FAST_LEAK_ENV, MediaProcess, start_media_service, stop_media_service
 from tests.support.ports import free_port
 
@@ -100,8 +100,9 @@ class OperatorProcess:
         await eventually(done, timeout=timeout, what=f"{count} more rounds")
 
 
-async def start_operator(tmp_path: Path, cluster: Cluster, admin_port: int,
-                         env: Mapping[str, str] | None = None, pods: int | None = None) -> OperatorProcess:
+async def start_operator(
+    tmp_path: Path, cluster: Cluster, admin_port: int, env: Mapping[str, str] | None = None, pods: int | None = None
+) -> OperatorProcess:
     port = free_port("127.0.0.1")
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
     full_env = {
@@ -118,8 +119,9 @@ async def start_operator(tmp_path: Path, cluster: Cluster, admin_port: int,
     }
     log_path = tmp_path / f"operator-{port}.log"
     with log_path.open("wb") as log_file:
-        proc = await asyncio.to_thread(subprocess.Popen, [OPERATOR], env=full_env, stdout=log_file,
-                                       stderr=subprocess.STDOUT)
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [OPERATOR], env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+        )
     op = OperatorProcess(proc, f"http://127.0.0.1:{port}", log_path)
 
     async def up() -> bool:
@@ -160,11 +162,16 @@ async def start_fleet(tmp_path: Path, count: int, spare: int = 0) -> tuple[list[
     hosts = fleet_hosts(count)
     admin_port = port_free_on_all(fleet_hosts(count + spare))
     public_port = port_free_on_all(hosts)
-    env = {"MEDIA_FAULT_INJECTION": "1", **FAST_LEAK_ENV,
-           "MEDIA_ADMIN_PORT": str(admin_port), "MEDIA_PORT": str(public_port)}
+    env = {
+        "MEDIA_FAULT_INJECTION": "1",
+        **FAST_LEAK_ENV,
+        "MEDIA_ADMIN_PORT": str(admin_port),
+        "MEDIA_PORT": str(public_port),
+    }
     started = await asyncio.gather(
         *(asyncio.to_thread(start_media, tmp_path, host, public_port, admin_port, env) for host in hosts),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     fleet = [m for m in started if isinstance(m, MediaProcess)]
     errors = [e for e in started if isinstance(e, BaseException)]
     if errors:

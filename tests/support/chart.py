@@ -27,8 +27,11 @@ ALL_ON: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "alerts": {"enabled": True, "labels": {"release": "prometheus"}},
     "dashboard": {"enabled": True},
-    "operator": {"serviceMonitor": {"enabled": True}, "rbac": {"clusterWide": True},
-                 "watchNamespaces": ["media", "media-canary"]},
+    "operator": {
+        "serviceMonitor": {"enabled": True},
+        "rbac": {"clusterWide": True},
+        "watchNamespaces": ["media", "media-canary"],
+    },
 }
 
 
@@ -97,7 +100,15 @@ def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
-    found = [d for d in objects(docs, kind)
-             if component is None or d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    found = [
+        d
+        for d in objects(docs, kind)
+        if component is None or d["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
     assert len(found) == 1, f"expected one {kind} ({component}), got {[d['metadata']['name'] for d in found]}"
     return found[0]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c

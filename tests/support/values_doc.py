@@ -1,7 +1,7 @@
 """The chart README's values table, made from the `# --` comments of values.yaml.
 
-    python -m tests.chart.values_doc          # print the table
-    python -m tests.chart.values_doc --write  # rewrite it in charts/media-service/README.md
+    python -m tests.support.values_doc          # print the table
+    python -m tests.support.values_doc --write  # rewrite it in charts/media-service/README.md
 
 A `# -- text` comment documents the key on the next line; the default shown is that key's value.
 """
