@@ -12,9 +12,19 @@ import pytest
 
 from media_service.auth import read_secret
 from tests.chart import test_webhook_token as webhook
-from tests.chart.render import ALL_ON, NAMESPACE, RELEASE, load_all, objects, one, render, template
-from tests.chart.test_notes import notes
-from tests.chart.test_structure import container, env
+from tests.support.chart import (
+    ALL_ON,
+    NAMESPACE,
+    RELEASE,
+    container,
+    env,
+    load_all,
+    notes,
+    objects,
+    one,
+    render,
+    template,
+)
 
 #: A Kubernetes API emulator that helm renders against: `lookup` finds what an install left.
 cluster = webhook.cluster

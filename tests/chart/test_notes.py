@@ -6,16 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chart import CHART, NAMESPACE, RELEASE, helm, values_file
-
-
-def notes(values: dict[str, Any] | None, tmp_path: Any) -> str:
-    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
-    if values:
-        args += ["--values", str(values_file(values, tmp_path))]
-    out = helm(*args).stdout
-    assert "NOTES:" in out
-    return out.split("NOTES:", 1)[1]
+from tests.support.chart import notes
 
 
 def test_default_notes(tmp_path: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.chart import ALL_ON, CHART, NAMESPACE, RELEASE, container, objects, one, render, template
+from tests.support.chart import ALL_ON, CHART, NAMESPACE, RELEASE, container, env, objects, one, render, template
 
 POOL = {"media-service/pool": "serving"}
 MEDIA_LABELS = {
@@ -96,10 +96,6 @@ def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 def media_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(docs, "Deployment", "media")
-
-
-def env(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
 
 
 def pods_of(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -112,3 +112,16 @@ def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     return c
+
+
+def env(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def notes(values: dict[str, Any] | None, tmp_path: Any) -> str:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    if values:
+        args += ["--values", str(values_file(values, tmp_path))]
+    out = helm(*args).stdout
+    assert "NOTES:" in out
+    return out.split("NOTES:", 1)[1]

@@ -134,10 +134,10 @@ def test_docs_list_every_setting_with_its_default() -> None:
 
 
 def test_the_public_url_other_replicas_forward_to() -> None:
-    assert load([], {"MEDIA_ADVERTISE_URL": "http://10.1.2.3:8080/"}).public_url == "http://10.1.2.3:8080"
-    assert load([], {"MEDIA_HOST": "10.0.0.9", "MEDIA_PORT": "8443"}).public_url == "http://10.0.0.9:8443"
-    assert load([], {"MEDIA_HOST": "fd00::9"}).public_url == "http://[fd00::9]:8080"
-    derived = load([], {}).public_url  # listening on every address: the host's name stands for it
+    assert load([], {**KEYS, "MEDIA_ADVERTISE_URL": "http://10.1.2.3:8080/"}).public_url == "http://10.1.2.3:8080"
+    assert load([], {**KEYS, "MEDIA_HOST": "10.0.0.9", "MEDIA_PORT": "8443"}).public_url == "http://10.0.0.9:8443"
+    assert load([], {**KEYS, "MEDIA_HOST": "fd00::9"}).public_url == "http://[fd00::9]:8080"
+    derived = load([], KEYS).public_url  # listening on every address: the host's name stands for it
     assert derived.startswith("http://") and derived.endswith(":8080") and "0.0.0.0" not in derived
-    settings = load([], {"MEDIA_REDIS_URL": "rediss://:secret@redis.example:6380/1"})
+    settings = load([], {**KEYS, "MEDIA_REDIS_URL": "rediss://:secret@redis.example:6380/1"})
     assert settings.redis_url == "rediss://:secret@redis.example:6380/1"
