@@ -40,6 +40,7 @@ REQUIRED_ALERTS = {
     "MediaServiceFileDescriptorGrowth",
     "MediaServiceFileDescriptorsNearLimit",
     "MediaServiceMemoryGrowth",
+    "MediaServiceBusDown",
     "MediaOperatorDown",
     "MediaOperatorQuarantineBlocked",
     "MediaOperatorScrapeFailures",

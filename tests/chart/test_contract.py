@@ -48,25 +48,73 @@ LIMITS = {
     },
     "operator": {"evictAfterSeconds": 31536000, "deleteGraceSeconds": 86400000, "scrapeConcurrency": 10000000},
 }
-VARIANTS = {"default": None, "all-on": ALL_ON, "changed": CHANGED, "limits": LIMITS}
+# An external Redis: the URL from a Secret (a secretKeyRef), the password as a mounted file.
+EXTERNAL_REDIS = {"redis": {"existingSecret": "media-redis", "password": {"existingSecret": "media-redis-password"}}}
+VARIANTS = {
+    "default": None,
+    "all-on": ALL_ON,
+    "changed": CHANGED,
+    "limits": LIMITS,
+    "external-redis": EXTERNAL_REDIS,
+    "redis-url": {"redis": {"url": "rediss://user@redis.example.org:6380/1"}},
+    "one-replica": {"replicaCount": 1},
+}
+#: What the kubelet provides in the pod: the pod IP (downward API) and Secret values.
+POD_IP = "10.1.2.3"
+PASSWORD = "from-the-secret"
+URL_IN_SECRET = "rediss://media:s3cret@redis.example.org:6380/0"
 
 
 def plain_env(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c["env"] if "value" in e}
 
 
+def as_in_the_pod(c: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """The container's environment as the service sees it in the pod: the downward API's POD_IP
+    substituted into later values, a Secret's URL in MEDIA_REDIS_URL, the password file mounted."""
+    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert [e["name"] for e in c["env"] if e.get("valueFrom") == pod_ip] == ["POD_IP"]
+    env = {name: value.replace("$(POD_IP)", POD_IP) for name, value in plain_env(c).items()}
+    refs = {e["name"]: e["valueFrom"] for e in c["env"] if "valueFrom" in e and e["name"].startswith("MEDIA_")}
+    if "MEDIA_REDIS_URL" in refs:
+        assert "secretKeyRef" in refs.pop("MEDIA_REDIS_URL")
+        env["MEDIA_REDIS_URL"] = URL_IN_SECRET
+    refs.pop("MEDIA_ICE_SERVERS", None)
+    assert refs == {}, f"settings from sources this test does not provide: {refs}"
+    if "MEDIA_REDIS_PASSWORD_FILE" in env:
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "redis-password")
+        assert env["MEDIA_REDIS_PASSWORD_FILE"] == f"{mount['mountPath']}/password"
+        password_file = tmp_path / "password"
+        password_file.write_text(PASSWORD)
+        env["MEDIA_REDIS_PASSWORD_FILE"] = str(password_file)
+    return env
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_service_loads_the_rendered_settings(variant: str) -> None:
+def test_service_loads_the_rendered_settings(variant: str, tmp_path: Path) -> None:
     from media_service import config
 
     values = VARIANTS[variant]
-    env = plain_env(container(one(render(values), "Deployment", "media")))
+    c = container(one(render(values), "Deployment", "media"))
+    env = plain_env(c)
     assert [v for v in env.values() if "e+" in v] == []
     known = {f.metadata["env"] for f in dataclasses.fields(config.Settings)}
     assert set(env) - known == set(), f"the service does not know {set(env) - known}"
-    settings = config.load([], env)
+    settings = config.load([], as_in_the_pod(c, tmp_path))
     assert settings.admin_port == int(env["MEDIA_ADMIN_PORT"])
     assert settings.drain_seconds == float(env["MEDIA_DRAIN_SECONDS"])
+    # The other replicas forward WHIP requests to the pod's own address and public port.
+    assert settings.advertise_url == settings.public_url == f"http://{POD_IP}:{settings.port}"
+    if values is None or values is ALL_ON:
+        assert settings.redis_url == "redis://media-media-service-redis.media.svc:6379/0"
+    if values in (None, ALL_ON, EXTERNAL_REDIS):
+        assert Path(settings.redis_password_file).read_text() == PASSWORD
+    if values is EXTERNAL_REDIS:
+        assert settings.redis_url == URL_IN_SECRET
+    if variant == "redis-url":
+        assert (settings.redis_url, settings.redis_password_file) == ("rediss://user@redis.example.org:6380/1", "")
+    if variant == "one-replica":
+        assert (settings.redis_url, settings.redis_password_file) == ("", "")
     if values is CHANGED:
         assert (settings.port, settings.admin_bind_host, settings.fault_injection) == (8443, "127.0.0.1", True)
         assert settings.ice_servers == ({"urls": ["stun:stun.example.org:3478"]},)

@@ -42,6 +42,9 @@ def test_panels_cover_the_issue() -> None:
         "media_ice_candidates_rejected_total",
         "media_operator_quarantines_total",
         "media_operator_decisions_blocked_total",
+        "media_bus_up",
+        "media_bus_messages_total",
+        "media_whip_forwards_total",
     ):
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]

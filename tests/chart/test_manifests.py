@@ -23,7 +23,12 @@ CRD_SCHEMAS = {
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
 KUBERNETES_VERSIONS = ["1.25.0", kubernetes_validate.utils.latest_version()]
-VARIANTS = {"default": None, "all-on": ALL_ON}
+#: An external Redis whose URL and password stay in Secrets, and TURN credentials from a Secret.
+EXTERNAL_REDIS: dict[str, Any] = {
+    "redis": {"existingSecret": "media-redis", "password": {"existingSecret": "media-redis-password"}},
+    "ice": {"existingSecret": "media-turn"},
+}
+VARIANTS = {"default": None, "all-on": ALL_ON, "external-redis": EXTERNAL_REDIS, "one-replica": {"replicaCount": 1}}
 
 
 def crd_validator(schema_path: Path) -> jsonschema.protocols.Validator:
@@ -74,7 +79,9 @@ def test_no_rendered_mapping_repeats_a_key(values: dict[str, Any] | None) -> Non
     """helm and kubectl keep the last of two equal keys; kustomize, Flux, kubeconform and
     server-side strict field validation reject the manifest. render() loads strictly as well."""
     docs = load_all(template(values).stdout)
-    assert [d["kind"] for d in docs].count("Deployment") == 2
+    assert [d["kind"] for d in docs].count("Deployment") == (
+        2 if values in (EXTERNAL_REDIS, {"replicaCount": 1}) else 3
+    )
 
 
 def test_the_strict_loader_rejects_a_repeated_key() -> None:
@@ -108,11 +115,15 @@ def test_all_on_renders_every_kind() -> None:
 
 
 def test_default_renders_the_whole_system_without_monitoring_crds() -> None:
+    """Media pods, operator, helm test, the bundled Redis the two default replicas share, and the
+    Secrets: the access-token secret, the webhook token and the Redis password."""
     kinds = sorted(d["kind"] for d in render())
     assert kinds == sorted(
         [
             "Deployment",
             "Deployment",
+            "Deployment",
+            "NetworkPolicy",
             "NetworkPolicy",
             "NetworkPolicy",
             "NetworkPolicy",
@@ -122,9 +133,12 @@ def test_default_renders_the_whole_system_without_monitoring_crds() -> None:
             "RoleBinding",
             "Secret",
             "Secret",
+            "Secret",
             "Service",
             "Service",
             "Service",
+            "Service",
+            "ServiceAccount",
             "ServiceAccount",
             "ServiceAccount",
         ]

@@ -67,3 +67,18 @@ def test_monitoring_and_dry_run_notes(tmp_path: Any) -> None:
     )
     assert "not installed" not in text
     assert "DRY RUN" in text
+
+
+BUNDLED_NOTE = "The media pods share the bundled Redis media-media-service-redis"
+
+
+@pytest.mark.parametrize(
+    ("values", "bundled"),
+    [(None, True), ({"replicaCount": 1}, False), ({"redis": {"url": "redis://redis.example.org:6379/0"}}, False)],
+    ids=["default", "one-replica", "external"],
+)
+def test_bundled_redis_note_points_to_an_ha_redis(values: dict[str, Any] | None, bundled: bool, tmp_path: Any) -> None:
+    text = notes(values, tmp_path)
+    assert (BUNDLED_NOTE in text) is bundled
+    if bundled:
+        assert "set redis.url (or redis.existingSecret) to an HA Redis" in " ".join(text.split())

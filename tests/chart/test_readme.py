@@ -51,6 +51,8 @@ def test_readme_shows_install_with_the_values_people_change_first() -> None:
         "metrics.serviceMonitor.labels",
         "alerts.labels",
         "operator.maxQuarantined",
+        "redis.url",
+        "redis.existingSecret",
     ):
         assert value in text.split("## WebRTC reachability")[0], value
 
@@ -63,3 +65,18 @@ def test_relative_links_stay_in_the_repository() -> None:
         path = (README.parent / target).resolve()
         assert path.is_file(), target
         assert path.is_relative_to(REPO), target
+
+
+def test_readme_says_what_a_single_redis_means_and_how_to_go_ha() -> None:
+    """The chart's failure message sends people to this section; it must exist and say the costs."""
+    text = README.read_text()
+    section = " ".join(text.split("## Replicas and Redis", 1)[1].split("\n## ", 1)[0].split())
+    for words in (
+        "single point of failure for the traffic between media pods only",
+        "Media, sessions and delivery within a pod go on",
+        "### An HA Redis",
+        "Sentinel",
+        "IPv6",
+        "brackets",
+    ):
+        assert words in section, words

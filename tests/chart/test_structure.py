@@ -38,6 +38,11 @@ SERVICE_SETTINGS = {
     "MEDIA_WHIP_MAX_BODY_BYTES": "65536",
     "MEDIA_SESSION_CONNECT_TIMEOUT": "30",
     "MEDIA_SESSION_CLOSE_TIMEOUT": "5",
+    "POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}},
+    "MEDIA_ADVERTISE_URL": "http://$(POD_IP):8080",
+    # Two replicas by default: the bundled Redis, with its generated password as a file.
+    "MEDIA_REDIS_URL": "redis://media-media-service-redis.media.svc:6379/0",
+    "MEDIA_REDIS_PASSWORD_FILE": "/var/run/secrets/media-service/redis/password",
     "MEDIA_LOG_FORMAT": "json",
     "MEDIA_LOG_LEVEL": "info",
     "MEDIA_AUTH": "token",
@@ -151,10 +156,11 @@ def test_only_the_operator_gets_an_api_token() -> None:
     assert tokens == {
         "media-media-service": False,
         "media-media-service-operator": True,
+        "media-media-service-redis": False,
         "media-media-service-test-health": False,
     }
-    sa = one(docs, "ServiceAccount", "media")
-    assert sa["automountServiceAccountToken"] is False
+    for component in ("media", "redis"):
+        assert one(docs, "ServiceAccount", component)["automountServiceAccountToken"] is False
 
 
 def test_public_service_has_no_admin_port() -> None:
@@ -337,7 +343,10 @@ def test_operator_off_renders_no_operator_object() -> None:
 
 def test_existing_webhook_secret_is_used_not_generated() -> None:
     docs = render({"operator": {"webhook": {"existingSecret": "am-token", "secretKey": "bearer"}}})
-    assert [s["metadata"]["name"] for s in objects(docs, "Secret")] == ["media-media-service-auth"]
+    assert sorted(s["metadata"]["name"] for s in objects(docs, "Secret")) == [
+        "media-media-service-auth",
+        "media-media-service-redis",
+    ]
     volume = next(
         v
         for v in one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]

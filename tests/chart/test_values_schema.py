@@ -72,6 +72,13 @@ def test_every_object_rejects_unknown_keys() -> None:
         ),
         ({"ice": {"servers": [{"urls": "http://example.org"}]}}, "/ice/servers/0/urls"),
         ({"service": {"type": "ExternalName"}}, "/service/type"),
+        ({"redis": {"url": "http://redis.example.org:6379"}}, "/redis/url"),
+        ({"redis": {"url": "redis.example.org:6379"}}, "/redis/url"),
+        ({"redis": {"bundled": {"enabled": "yes"}}}, "/redis/bundled/enabled"),
+        ({"redis": {"bundled": {"image": {"tag": ""}}}}, "/redis/bundled/image/tag"),
+        ({"redis": {"bundled": {"persistence": {"enabled": True}}}}, "additional properties 'persistence' not allowed"),
+        ({"redis": {"password": "s3cret"}}, "/redis/password"),
+        ({"redis": {"existingSecretKey": ""}}, "/redis/existingSecretKey"),
     ],
 )
 def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
@@ -91,6 +98,10 @@ def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
         {"ice": {"servers": [{"urls": "stun:stun.example.org:3478"}, {"urls": ["turns:t.example.org:443"]}]}},
         {"podDisruptionBudget": {"maxUnavailable": "25%"}},
         {"config": {"wsSendTimeout": 0.5, "drainSeconds": 0}},
+        {"redis": {"url": "redis://redis.example.org:6379/0"}},
+        {"redis": {"url": "rediss://media:p%40ss@redis.example.org:6380/2?ssl_cert_reqs=required"}},
+        {"redis": {"existingSecret": "media-redis", "password": {"existingSecret": "media-redis-auth"}}},
+        {"redis": {"bundled": {"enabled": True, "image": {"digest": "sha256:" + "b" * 64}}}, "replicaCount": 1},
     ],
 )
 def test_good_values_are_accepted(values: dict[str, Any]) -> None:

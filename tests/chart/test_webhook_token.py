@@ -1,5 +1,6 @@
 """The operator's webhook token is generated once and kept: on an upgrade, helm's `lookup` finds
-the Secret in the cluster and renders the same token, so Alertmanager's copy stays valid.
+the Secret in the cluster and renders the same token, so Alertmanager's copy stays valid. The
+bundled Redis' password is kept the same way, so new media pods still reach the running Redis.
 
 Real helm renders against kmock's KubernetesEmulator over HTTP (`--dry-run=server` performs the
 lookups an install or upgrade does).
@@ -116,6 +117,32 @@ async def test_upgrade_keeps_the_token_in_the_cluster(cluster: tuple[KubernetesE
         assert response.status in (200, 201), await response.text()
     assert token_of(await render_against(kubeconfig)) == first
     assert token_of(await render_against(kubeconfig)) == first
+
+
+async def test_upgrade_keeps_the_bundled_redis_password(cluster: tuple[KubernetesEmulator, Path]) -> None:
+    """A new password on upgrade would lock the media pods started afterwards out of the Redis that
+    kept running with the old one."""
+    k8s, kubeconfig = cluster
+
+    def password_of(docs: list[dict[str, Any]]) -> str:
+        return base64.b64decode(one(docs, "Secret", "redis")["data"]["password"]).decode()
+
+    first = password_of(await render_against(kubeconfig))
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": f"{RELEASE}-media-service-redis",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE},
+        },
+        "data": {"password": base64.b64encode(first.encode()).decode()},
+    }
+    async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/secrets", json=existing) as response:
+        assert response.status in (200, 201), await response.text()
+    assert password_of(await render_against(kubeconfig)) == first
 
 
 def test_without_a_cluster_each_render_generates_a_new_token() -> None:

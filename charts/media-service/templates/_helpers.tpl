@@ -148,3 +148,71 @@ Go prints 16777216.0 as "1.6777216e+07"; whole numbers are printed as integers. 
 {{- . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Redis, the bus between replicas. */}}
+{{- define "media-service.redisName" -}}
+{{- printf "%s-redis" (include "media-service.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "media-service.redisSelectorLabels" -}}
+{{ include "media-service.releaseSelectorLabels" . }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{/* More than one media pod may run: replicaCount, or the autoscaler's maximum. */}}
+{{- define "media-service.replicated" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- if gt (int .Values.autoscaling.maxReplicas) 1 }}true{{ end -}}
+{{- else if gt (int .Values.replicaCount) 1 -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.redisExternal" -}}
+{{- if or .Values.redis.url .Values.redis.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* The bundled Redis: an explicit true/false wins; null means "when more than one media pod may
+run and no external Redis is set", so a plain install of two replicas works and a one-replica
+install runs no Redis at all. */}}
+{{- define "media-service.redisBundled" -}}
+{{- $enabled := .Values.redis.bundled.enabled -}}
+{{- if kindIs "bool" $enabled -}}
+{{- if $enabled }}true{{ end -}}
+{{- else if and (include "media-service.replicated" .) (not (include "media-service.redisExternal" .)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.redisEnabled" -}}
+{{- if or (include "media-service.redisExternal" .) (include "media-service.redisBundled" .) }}true{{ end -}}
+{{- end -}}
+
+{{/* The Secret whose key holds the Redis password: the user's, or the one generated for the
+bundled Redis. Empty when the media pods get no password file. */}}
+{{- define "media-service.redisPasswordSecret" -}}
+{{- if .Values.redis.password.existingSecret -}}
+{{- .Values.redis.password.existingSecret -}}
+{{- else if include "media-service.redisBundled" . -}}
+{{- include "media-service.redisName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "media-service.redisPasswordDir" -}}
+/var/run/secrets/media-service/redis
+{{- end -}}
+
+{{/* One message per mistake, before anything renders. */}}
+{{- define "media-service.validateRedis" -}}
+{{- if and .Values.redis.url .Values.redis.existingSecret -}}
+{{- fail "set either redis.url or redis.existingSecret, not both" -}}
+{{- end -}}
+{{- if and (include "media-service.redisExternal" .) (kindIs "bool" .Values.redis.bundled.enabled) .Values.redis.bundled.enabled -}}
+{{- fail "set either an external Redis (redis.url or redis.existingSecret) or redis.bundled.enabled=true, not both" -}}
+{{- end -}}
+{{- if and (include "media-service.replicated" .) (not (include "media-service.redisEnabled" .)) -}}
+{{- $key := ternary "autoscaling.maxReplicas" "replicaCount" .Values.autoscaling.enabled -}}
+{{- $count := ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled | int -}}
+{{- fail (printf "%s=%d needs Redis between the media pods (each reaches users and WHIP sessions on the others through it), and none is set: set redis.url or redis.existingSecret (an external Redis), redis.bundled.enabled=true (one Redis in the release), or %s=1. See \"Replicas and Redis\" in the chart README." $key $count $key) -}}
+{{- end -}}
+{{- end -}}
