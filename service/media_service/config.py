@@ -148,6 +148,37 @@ class Settings:
         integer(1, 100000),
         "sessions per process; beyond it new sessions are refused (retryable)",
     )
+    max_offer_bytes: int = setting(
+        "MEDIA_MAX_OFFER_BYTES",
+        16384,
+        integer(512, 16 * 1024 * 1024),
+        "largest offer SDP answered (a browser's audio+video offer is 4-8 KB); larger: bad_request",
+    )
+    max_offer_sections: int = setting(
+        "MEDIA_MAX_OFFER_SECTIONS", 8, integer(1, 1000), "media sections (m=) of one offer; more: bad_request"
+    )
+    max_offer_tracks: int = setting(
+        "MEDIA_MAX_OFFER_TRACKS",
+        4,
+        integer(0, 1000),
+        "audio/video media sections of one offer (each may hold an OS thread); more: bad_request",
+    )
+    max_offer_codecs: int = setting(
+        "MEDIA_MAX_OFFER_CODECS",
+        64,
+        integer(1, 128),
+        "payload types of one audio/video section (Chromium offers about 40); more: bad_request",
+    )
+    max_offer_attributes: int = setting(
+        "MEDIA_MAX_OFFER_ATTRIBUTES", 400, integer(10, 100000), "attribute lines (a=) of one offer; more: bad_request"
+    )
+    max_tracks: int = setting(
+        "MEDIA_MAX_TRACKS",
+        1000,
+        integer(1, 1000000),
+        "audio/video media sections of all sessions of the process (OS threads); beyond it offers are refused "
+        "(retryable)",
+    )
     session_connect_timeout: float = setting(
         "MEDIA_SESSION_CONNECT_TIMEOUT",
         30.0,

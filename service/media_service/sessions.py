@@ -25,6 +25,8 @@ from media_service.errors import ErrorCode
 from media_service.ice import rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
 from media_service.metrics import ServiceMetrics
+from media_service.offer import OfferLimits, OfferRefused
+from media_service.offer import check_offer as check_offer_shape
 
 log = logs.get("media_service.sessions")
 
@@ -85,6 +87,7 @@ class Session:
     candidates: int = 0
     listeners: list[OnClosed] = field(default_factory=list)
     user: str | None = None  # who opened it: only that user's tokens may change or end it
+    tracks: int = 0  # audio/video sections: aiortc may hold an OS thread for each
 
 
 class SessionManager:
@@ -101,6 +104,14 @@ class SessionManager:
         self._accepting = accepting
         self._sessions: dict[str, Session] = {}
         self._reserved = 0  # offers being answered: they hold a slot before they exist
+        self._tracks = 0  # audio/video sections of live sessions and of offers being answered
+        self._limits = OfferLimits(
+            max_bytes=settings.max_offer_bytes,
+            max_sections=settings.max_offer_sections,
+            max_tracks=settings.max_offer_tracks,
+            max_codecs=settings.max_offer_codecs,
+            max_attributes=settings.max_offer_attributes,
+        )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         self._shut = asyncio.Event()  # close_all ran: an offer answered after it must not become a session
@@ -135,17 +146,22 @@ class SessionManager:
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
             raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
-        check_offer(offer_sdp)
+        tracks = check_offer(offer_sdp, self._limits)
+        if self._tracks + tracks > self._settings.max_tracks:
+            raise SessionLimit(
+                f"MEDIA_MAX_TRACKS ({self._settings.max_tracks}) audio/video sections are in use; retry later"
+            )
         session_id = secrets.token_urlsafe(12)
         owner = Owner(f"session:{session_id}")
         # An offer being answered is a session for the drain: the client must get its answer
         # (or an error) before the drain can decide that nothing is left.
         self._reserved += 1
+        self._tracks += tracks
         self.empty.clear()
         try:
             with owned_by(owner):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
-                session = Session(session_id, pc, owner, user=user)
+                session = Session(session_id, pc, owner, user=user, tracks=tracks)
                 if on_closed is not None:
                     session.listeners.append(on_closed)
                 self._wire(session)
@@ -160,6 +176,12 @@ class SessionManager:
                             "answer_timeout", session=session_id, timeout=self._settings.session_connect_timeout
                         )
                         raise SessionError("timed out answering the offer") from None
+                    if isinstance(exc, Exception):
+                        # The offer is the only input here: whatever else aiortc trips over on it
+                        # (AttributeError, StopIteration as RuntimeError) is the offer's fault too.
+                        # A warning, so that a new kind shows up in the logs without a traceback.
+                        log.warning("offer_not_answerable", session=session_id, error=type(exc).__name__)
+                        raise BadRequest(f"offer rejected: aiortc cannot answer it ({type(exc).__name__})") from None
                     raise
                 if self._shut.is_set():  # shutdown closed every session while this one was being answered
                     await self._close_pc(session)
@@ -171,6 +193,7 @@ class SessionManager:
                 )
         except BaseException:
             owner.close()
+            self._tracks -= tracks
             raise
         finally:
             self._reserved -= 1
@@ -250,6 +273,7 @@ class SessionManager:
         timer = self._timers.pop(session_id, None)
         if timer is not None:
             timer.cancel()
+        self._tracks -= session.tracks
         self._metrics.sessions_active.set(len(self._sessions))
         self._metrics.sessions_closed.labels(reason=reason).inc()
         with owned_by(session.owner):
@@ -292,16 +316,15 @@ class SessionManager:
         return len(ids)
 
 
-def check_offer(sdp: Any) -> None:
-    """aiortc accepts nearly any text as an offer (no media sections gives an empty answer and a
-    useless session), so the shape is checked here, with a message that says what is wrong."""
+def check_offer(sdp: Any, limits: OfferLimits) -> int:
+    """The offer's audio/video sections, or BadRequest: aiortc accepts nearly any text as an offer
+    and crashes on some, so its shape and size are checked first (``media_service.offer``)."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise BadRequest("offer needs a non-empty 'sdp' string")
-    lines = sdp.strip().splitlines()
-    if lines[0].strip() != "v=0":
-        raise BadRequest("offer rejected: an SDP starts with 'v=0'")
-    if not any(line.startswith("m=") for line in lines):
-        raise BadRequest("offer rejected: no media section (m=) to answer")
+    try:
+        return check_offer_shape(sdp, limits).tracks
+    except OfferRefused as exc:
+        raise BadRequest(f"offer rejected: {exc}") from None
 
 
 def parse_candidate(candidate: Any) -> RTCIceCandidate:

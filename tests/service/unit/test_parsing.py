@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from media_service.offer import OfferLimits
 from media_service.sessions import BadRequest, check_offer, parse_candidate
 from media_service.whip import parse_sdpfrag
 
@@ -45,7 +46,7 @@ def test_bad_candidates_say_why(candidate: object, reason: str) -> None:
 )
 def test_offers_without_the_shape_of_an_offer(sdp: object, reason: str) -> None:
     with pytest.raises(BadRequest, match=reason):
-        check_offer(sdp)
+        check_offer(sdp, OfferLimits(16384, 8, 4, 64, 400))
 
 
 def test_sdpfrag_candidates_follow_their_media_section() -> None:
