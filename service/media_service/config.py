@@ -197,6 +197,19 @@ class Settings:
         _addresses,
         "addresses offered as host ICE candidates (comma list); empty: every non-loopback address",
     )
+    ice_allow_loopback: bool = setting(
+        "MEDIA_ICE_ALLOW_LOOPBACK",
+        False,
+        boolean,
+        "send ICE checks to clients' loopback candidates (tests and local development on one machine only)",
+    )
+    ice_allow_private: bool = setting(
+        "MEDIA_ICE_ALLOW_PRIVATE",
+        True,
+        boolean,
+        "send ICE checks to clients' private-range candidates (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10); "
+        "0 for pods that serve only clients on the internet",
+    )
     auth: str = setting(
         "MEDIA_AUTH",
         "token",

@@ -15,6 +15,8 @@ BUS_DIRECTIONS = ("out", "in")
 BUS_RESULTS = ("ok", "error", "ignored")
 #: ok answered by the owner; not_found no owner recorded; unavailable Redis or the owner unreachable.
 FORWARD_RESULTS = ("ok", "not_found", "unavailable")
+#: Why a remote ICE candidate's address is refused (media_service.ice.refusal).
+ICE_REFUSAL_REASONS = ("loopback", "link_local", "metadata", "private", "unroutable")
 
 
 class ServiceMetrics:
@@ -52,6 +54,14 @@ class ServiceMetrics:
         self.ice_candidates_rejected = Counter(
             "media_ice_candidates_rejected", "remote ICE candidates refused by the per-session cap", registry=r
         )
+        self.ice_candidates_refused = Counter(
+            "media_ice_candidates_refused",
+            "remote ICE candidates dropped for their address: no checks are sent there",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ICE_REFUSAL_REASONS:
+            self.ice_candidates_refused.labels(reason=reason)
         # Signaling hub.
         self.ws_clients = Gauge("media_ws_clients", "connected WebSocket clients", registry=r)
         self.ws_send_timeouts = Counter(

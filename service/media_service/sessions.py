@@ -22,7 +22,7 @@ from aiortc.sdp import candidate_from_sdp
 from media_common import logs
 from media_service.config import Settings
 from media_service.errors import ErrorCode
-from media_service.ice import rtc_configuration
+from media_service.ice import restrict_remote_addresses, rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
 from media_service.metrics import ServiceMetrics
 from media_service.offer import OfferLimits, OfferRefused
@@ -105,6 +105,12 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._reserved = 0  # offers being answered: they hold a slot before they exist
         self._tracks = 0  # audio/video sections of live sessions and of offers being answered
+        # Process-wide (aioice has one validation function): the last manager's settings and metrics.
+        restrict_remote_addresses(
+            settings.ice_allow_loopback,
+            settings.ice_allow_private,
+            lambda reason: metrics.ice_candidates_refused.labels(reason=reason).inc(),
+        )
         self._limits = OfferLimits(
             max_bytes=settings.max_offer_bytes,
             max_sections=settings.max_offer_sections,

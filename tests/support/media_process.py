@@ -130,6 +130,7 @@ def start_media_service(
         "MEDIA_ADMIN_PORT": str(admin_port),
         "MEDIA_LOG_FORMAT": "json",
         "MEDIA_ICE_HOST_ADDRESSES": "127.0.0.1",  # media stays on loopback
+        "MEDIA_ICE_ALLOW_LOOPBACK": "1",  # ...which a real deployment refuses to send checks to
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
