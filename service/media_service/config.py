@@ -103,6 +103,24 @@ class Settings:
     ws_send_buffer: int = setting(
         "MEDIA_WS_SEND_BUFFER", 256, integer(1, 100000), "messages queued per WebSocket client"
     )
+    ws_send_buffer_bytes: int = setting(
+        "MEDIA_WS_SEND_BUFFER_BYTES",
+        1 << 20,
+        integer(65536, 1 << 30),
+        "bytes queued per WebSocket client before it must catch up within MEDIA_WS_SEND_TIMEOUT; twice that: dropped",
+    )
+    ws_queue_budget_bytes: int = setting(
+        "MEDIA_WS_QUEUE_BUDGET_BYTES",
+        128 << 20,
+        integer(1 << 20, 1 << 40),
+        "bytes queued for all WebSocket clients together; past it, clients that are behind are dropped",
+    )
+    ws_relay_rate_bytes: int = setting(
+        "MEDIA_WS_RELAY_RATE_BYTES",
+        1 << 20,
+        integer(1024, 1 << 40),
+        "bytes a second one connection may relay with 'message', counted once per recipient device",
+    )
     ws_send_timeout: float = setting(
         "MEDIA_WS_SEND_TIMEOUT",
         1.0,

@@ -48,6 +48,8 @@ class MediaService:
             buffer=settings.ws_send_buffer,
             send_timeout=settings.ws_send_timeout,
             presence=self._presence,
+            buffer_bytes=settings.ws_send_buffer_bytes,
+            budget_bytes=settings.ws_queue_budget_bytes,
         )
         self.bus: Bus = (
             RedisBus(

@@ -14,7 +14,14 @@ A client that cannot keep up is dropped instead of slowing anyone down:
   overflows and cancelled once the writer has taken the waiting messages in. If it fires, the client
   is dropped. The waiting messages are capped too (``max_waiting``, by default ``buffer``), so a
   client never holds more than ``2 * buffer`` references to texts that are shared with every other
-  client of the fan-out.
+  client of the fan-out;
+* the same holds in bytes: past ``buffer_bytes`` queued the stall timer is armed, and a message that
+  would take a client past twice that drops it (a first message always goes in, whatever its size).
+  Counts alone let 16 slow readers of 64 KiB messages hold 933 MB;
+* all queues together hold at most ``budget_bytes``: past it, a message for a client that is behind
+  (its queue not empty) drops that client, so a fast client still gets everything and the process's
+  memory stays bounded whatever the number of slow ones. Bytes are counted per reference: a text
+  shared by a fan-out counts once per recipient, an upper bound of what it holds.
 
 So a client receives every message in order, or is dropped: there is never a silent gap.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from enum import Enum, StrEnum
@@ -70,6 +78,7 @@ class Client:
         "_flush_deadline",
         "_interrupted",
         "_queue",
+        "_queued_bytes",
         "_stall",
         "_state",
         "_waiter",
@@ -88,7 +97,8 @@ class Client:
         self.closed = asyncio.Event()
         self.reason: DropReason | None = None
         self._state = _State.ACTIVE
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[str, int]] = deque()  # texts and their UTF-8 sizes
+        self._queued_bytes = 0
         self._waiter: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._stall: asyncio.TimerHandle | None = None
         self._interrupted = False  # the hub cancelled the send in progress (timeout or drop)
@@ -105,10 +115,29 @@ class Client:
         return f"Client({self.user!r}, {self.device!r}, {self._state.value})"
 
 
+#: Lone surrogates (a client's JSON may hold "\\ud800"): only they need escaping to stay encodable.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def encode(message: dict[str, Any]) -> str:
-    # ASCII escapes keep lone surrogates from a client's JSON encodable: a text that fails to encode
-    # at send time would break the connection of every recipient.
-    return json.dumps(message, separators=(",", ":"))
+    """Compact JSON, non-ASCII text as UTF-8 rather than escapes (which made a 64 KiB frame of
+    non-ASCII text about 196 KB on relay). Lone surrogates from a client's JSON are the exception:
+    a text that fails to encode at send time would break the connection of every recipient, so
+    they alone are escaped (json.loads pairs every valid surrogate pair, so any left are lone, and
+    they can only be inside JSON strings, where an escape means the same)."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def size_of(text: str) -> int:
+    """The UTF-8 size of a text from ``encode``."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _wake(client: Client) -> None:
@@ -133,6 +162,8 @@ class Hub:
         close_timeout: float = 5.0,
         max_waiting: int | None = None,
         presence: Callable[[str, bool], None] | None = None,
+        buffer_bytes: int = 1 << 20,
+        budget_bytes: int = 256 << 20,
     ) -> None:
         """``max_waiting`` (default: ``buffer``) caps the messages waiting behind a full queue; 0 drops
         a client as soon as a message finds its queue full. ``presence(user, online)`` hears when a
@@ -142,6 +173,10 @@ class Hub:
         self._metrics = metrics
         self._buffer = buffer
         self._limit = buffer + (buffer if max_waiting is None else max_waiting)  # queued + waiting
+        self._buffer_bytes = buffer_bytes
+        self._limit_bytes = 2 * buffer_bytes
+        self._budget_bytes = budget_bytes
+        self._queued_bytes = 0  # over every client's queue
         self._send_timeout = send_timeout
         # A dropped client's close frame may wait for its socket to drain a little longer than a send:
         # if the client reads again it learns why it was closed. The writer ends either way.
@@ -204,7 +239,8 @@ class Hub:
 
     def send(self, client: Client, message: dict[str, Any]) -> bool:
         """Queue a message for one client; False if it is no longer taking messages."""
-        return self._offer(client, encode(message))
+        text = encode(message)
+        return self._offer(client, text, size_of(text))
 
     def send_to_user(self, user: str, message: dict[str, Any]) -> int:
         """Queue a message for every connected device of ``user``; returns how many took it."""
@@ -212,11 +248,13 @@ class Hub:
         if not devices:
             return 0
         text = encode(message)
-        return sum(self._offer(client, text) for client in list(devices))
+        size = size_of(text)
+        return sum(self._offer(client, text, size) for client in list(devices))
 
     def broadcast(self, message: dict[str, Any]) -> int:
         text = encode(message)
-        return sum(self._offer(client, text) for client in list(self._clients))
+        size = size_of(text)
+        return sum(self._offer(client, text, size) for client in list(self._clients))
 
     # --- introspection -------------------------------------------------------------------------
 
@@ -230,22 +268,41 @@ class Hub:
     def devices(self, user: str) -> list[Client]:
         return list(self._users.get(user, ()))
 
+    def device_count(self, user: str) -> int:
+        return len(self._users.get(user, ()))
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes in every client's queue, counted per reference."""
+        return self._queued_bytes
+
     # --- internals -----------------------------------------------------------------------------
 
-    def _offer(self, client: Client, text: str) -> bool:
+    def _offer(self, client: Client, text: str, nbytes: int) -> bool:
         if client._state is not _State.ACTIVE:
             return False
         queue = client._queue
         size = len(queue)
-        if size >= self._limit:
+        if size and (
+            size >= self._limit
+            or client._queued_bytes + nbytes > self._limit_bytes
+            or self._queued_bytes + nbytes > self._budget_bytes
+        ):
             self._drop(client, DropReason.QUEUE_FULL)
             return False
-        queue.append(text)
+        queue.append((text, nbytes))
+        client._queued_bytes += nbytes
+        self._queued_bytes += nbytes
         if size == 0:
             _wake(client)
-        elif size >= self._buffer and client._stall is None:
+        elif (size >= self._buffer or client._queued_bytes > self._buffer_bytes) and client._stall is None:
             client._stall = asyncio.get_running_loop().call_later(self._send_timeout, self._stalled, client)
         return True
+
+    def _forget_queue(self, client: Client) -> None:
+        self._queued_bytes -= client._queued_bytes
+        client._queued_bytes = 0
+        client._queue.clear()
 
     def _stalled(self, client: Client) -> None:
         client._stall = None
@@ -256,7 +313,7 @@ class Hub:
             return
         self._metrics.ws_send_timeouts.inc()
         client._close = (CLOSE_SLOW_CLIENT, "too slow to receive: dropped")
-        client._queue.clear()
+        self._forget_queue(client)
         if client in self._sending:
             self._interrupt(client)  # end the send in progress now, not at its deadline
         log.warning("ws_client_dropped", user=client.user, device=client.device, reason=reason.value)
@@ -312,6 +369,7 @@ class Hub:
                 await self._send_close(client, *client._close)
         finally:
             self._remove(client, _State.GONE, DropReason.DISCONNECTED)
+            self._forget_queue(client)  # whatever is left will never be sent: out of the budget
 
     async def _pump(self, client: Client) -> None:
         queue, sending = client._queue, self._sending
@@ -319,6 +377,7 @@ class Hub:
         while True:
             state = client._state
             if state is _State.DROPPED or state is _State.GONE:
+                self._forget_queue(client)
                 return
             if not queue:
                 if state is _State.CLOSING:
@@ -326,8 +385,10 @@ class Hub:
                 client._waiter = loop.create_future()
                 await client._waiter
                 continue
-            text = queue.popleft()
-            if client._stall is not None and len(queue) <= self._buffer:
+            text, nbytes = queue.popleft()
+            client._queued_bytes -= nbytes
+            self._queued_bytes -= nbytes
+            if client._stall is not None and len(queue) <= self._buffer and client._queued_bytes <= self._buffer_bytes:
                 client._stall.cancel()  # the waiting messages are all in the queue now
                 client._stall = None
             deadline = client._flush_deadline if state is _State.CLOSING else loop.time() + self._send_timeout

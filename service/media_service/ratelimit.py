@@ -1,4 +1,6 @@
-"""Token bucket: ``rate`` tokens a second, up to ``burst`` saved."""
+"""Token bucket: ``rate`` tokens a second, up to ``burst`` saved. ``take`` admits one event;
+``charge`` admits work of any size while the bucket is not in debt, and may leave it in debt (a
+fan-out whose cost is known only as it goes), so the next events wait until it is paid back."""
 
 from __future__ import annotations
 
@@ -24,3 +26,21 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def charge(self, amount: float) -> bool:
+        """Admit ``amount`` unless the bucket is in debt; admitted, it may go into debt."""
+        self._refill()
+        if self._tokens < 0:
+            return False
+        self._tokens -= amount
+        return True
+
+    def debit(self, amount: float) -> None:
+        """Charge what was already done (no refusal possible)."""
+        self._refill()
+        self._tokens -= amount

@@ -14,6 +14,7 @@ from media_common import logs
 from media_service.auth import ALL, Grants
 from media_service.bus import BusUnavailable
 from media_service.errors import ErrorCode
+from media_service.hub import encode, size_of
 from media_service.ratelimit import TokenBucket
 from media_service.sessions import BadRequest, Forbidden, Session, SessionError, SessionLimit, UnknownSession
 
@@ -27,6 +28,8 @@ log = logs.get("media_service.signaling")
 MAX_SESSIONS_PER_CONNECTION = 8
 #: A flooding client gets one rate_limited error a second, not one per dropped message.
 RATE_ERROR_INTERVAL = 1.0
+#: The least a relayed message costs per recipient device, in bytes of MEDIA_WS_RELAY_RATE_BYTES.
+RELAY_MIN_COST = 256
 
 
 class SignalingConnection:
@@ -37,6 +40,8 @@ class SignalingConnection:
         self.sessions: set[str] = set()
         limit = service.settings.ws_rate_limit
         self._bucket = TokenBucket(rate=limit, burst=max(1.0, 2 * limit))
+        relay = service.settings.ws_relay_rate_bytes
+        self._relay_bucket = TokenBucket(rate=relay, burst=2 * relay)
         self._last_rate_error = float("-inf")
         self._handlers = {
             "offer": self._offer,
@@ -145,6 +150,20 @@ class SignalingConnection:
             "from": {"user": self._client.user, "device": self._client.device},
             "data": message.get("data"),
         }
+        # Fan-out is paid for: the relayed size once per recipient device, at least RELAY_MIN_COST
+        # each (a tiny message to thousands of devices costs the loop as much as a big one).
+        cost = max(size_of(encode(relayed)), RELAY_MIN_COST)
+        if not self._relay_bucket.charge(cost * max(1, self._service.hub.device_count(to))):
+            self._service.metrics.ws_messages_rejected.labels(code=ErrorCode.RATE_LIMITED).inc()
+            self.send(
+                {
+                    "type": "error",
+                    "code": ErrorCode.RATE_LIMITED,
+                    "message": f"more than {self._service.settings.ws_relay_rate_bytes} bytes a second relayed "
+                    "(size times recipient devices); the message was not sent",
+                }
+            )
+            return
         local = self._service.hub.send_to_user(to, relayed)
         try:
             # Awaited here, so one connection's messages leave in the order they came.
@@ -152,6 +171,7 @@ class SignalingConnection:
         except BusUnavailable as exc:
             self.error(ErrorCode.UNAVAILABLE, f"{exc}; delivered to {local} device(s) on this replica only")
             return
+        self._relay_bucket.debit(cost * remote)  # the other replicas' devices, known only now
         if local + remote == 0:
             self.error(ErrorCode.NOT_ONLINE, f"user {to[:64]!r} has no device connected")
 

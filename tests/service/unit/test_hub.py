@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from media_service.hub import CLOSE_SLOW_CLIENT, Client, DropReason, Hub
+from media_service.hub import CLOSE_SLOW_CLIENT, Client, DropReason, Hub, encode, size_of
 from media_service.metrics import ServiceMetrics
 
 
@@ -448,3 +448,55 @@ async def test_writer_runs_in_the_callers_context(make_hub) -> None:
         owner.reset(token)
     assert hub.send(client, msg(0))
     await until(lambda: seen == ["ws:1"])
+
+
+async def test_queue_is_bounded_in_bytes_too(make_hub, metrics) -> None:
+    hub = make_hub(buffer=1000, send_timeout=30.0, buffer_bytes=65536)
+    sink = MemorySink()
+    sink.gate.clear()
+    client = hub.connect("u", "d", sink)
+    big = {"type": "message", "data": "x" * 30000}
+    assert hub.send(client, big)
+    await until(sink.sending.is_set)  # in flight: out of the queue
+    for _ in range(4):  # 4 × 30 KB queued: under twice 64 KiB
+        assert hub.send(client, big)
+    assert hub.queued_bytes > 4 * 30000 and not client.closed.is_set()
+    assert hub.send(client, big) is False  # a fifth would take it past 128 KiB
+    assert client.reason is DropReason.QUEUE_FULL and hub.queued_bytes == 0
+
+
+async def test_a_first_message_goes_in_whatever_its_size(make_hub) -> None:
+    hub = make_hub(buffer_bytes=65536)
+    sink = MemorySink()
+    client = hub.connect("u", "d", sink)
+    assert hub.send(client, {"data": "y" * 200_000})
+    await until(lambda: len(sink.raw) == 1)
+    assert hub.queued_bytes == 0
+
+
+async def test_the_global_budget_drops_clients_that_are_behind(make_hub) -> None:
+    hub = make_hub(buffer=1000, send_timeout=30.0, buffer_bytes=1 << 20, budget_bytes=100_000)
+    stuck_sinks = [MemorySink() for _ in range(3)]
+    for sink in stuck_sinks:
+        sink.gate.clear()
+    stuck = [hub.connect("room", f"s{i}", sink) for i, sink in enumerate(stuck_sinks)]
+    fast_sink = MemorySink()
+    fast = hub.connect("room", "fast", fast_sink)
+    sent = 0
+    while all(not c.closed.is_set() for c in stuck) and sent < 100:
+        hub.send_to_user("room", {"data": "z" * 10000})
+        sent += 1
+        await asyncio.sleep(0)
+    assert sent < 100 and hub.queued_bytes <= 100_000
+    assert any(c.reason is DropReason.QUEUE_FULL for c in stuck)
+    assert not fast.closed.is_set()  # never behind: never dropped
+    await until(lambda: len(fast_sink.raw) == sent)
+
+
+def test_relayed_text_stays_utf8_and_lone_surrogates_are_escaped() -> None:
+    text = encode({"data": "é" * 1000})
+    assert len(text.encode()) < 2100  # was 6 bytes a character as \u00e9 escapes
+    lone = encode(json.loads('{"data": "a\\ud800b\\udc00"}'))
+    assert lone == '{"data":"a\\ud800b\\udc00"}' and lone.encode()  # encodable, same meaning
+    pair = encode(json.loads('{"data": "\\ud83d\\ude00"}'))
+    assert json.loads(pair) == {"data": "😀"} and size_of(pair) == len(pair.encode())
