@@ -94,6 +94,30 @@ class Settings:
     admin_port: int = setting(
         "MEDIA_ADMIN_PORT", 9090, integer(1, 65535), "admin listener port: health, readiness, metrics, debug, drain"
     )
+    max_connections: int = setting(
+        "MEDIA_MAX_CONNECTIONS",
+        2048,
+        integer(1, 1000000),
+        "open connections (HTTP and WebSocket) on the public listener; more are closed at once",
+    )
+    max_connections_per_address: int = setting(
+        "MEDIA_MAX_CONNECTIONS_PER_ADDRESS",
+        64,
+        integer(1, 1000000),
+        "open connections from one client address (trusted proxies count only in the total)",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        "MEDIA_TRUSTED_PROXIES",
+        (),
+        _addresses,
+        "addresses of proxies in front of the service, exempt from the per-address cap (comma list)",
+    )
+    request_timeout: float = setting(
+        "MEDIA_REQUEST_TIMEOUT",
+        10.0,
+        number(0.1, 3600),
+        "seconds for a whole HTTP request (headers and body, a WebSocket handshake included) to arrive",
+    )
     drain_seconds: float = setting(
         "MEDIA_DRAIN_SECONDS", 30.0, number(0, 86400), "drain window after SIGTERM before remaining sessions are closed"
     )

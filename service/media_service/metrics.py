@@ -15,6 +15,8 @@ BUS_DIRECTIONS = ("out", "in")
 BUS_RESULTS = ("ok", "error", "ignored")
 #: ok answered by the owner; not_found no owner recorded; unavailable Redis or the owner unreachable.
 FORWARD_RESULTS = ("ok", "not_found", "unavailable")
+#: Why a public connection was closed by a bound (media_service.connections).
+CONNECTION_REFUSAL_REASONS = ("process", "address", "timeout")
 #: Why a remote ICE candidate's address is refused (media_service.ice.refusal).
 ICE_REFUSAL_REASONS = ("loopback", "link_local", "metadata", "private", "unroutable")
 
@@ -62,6 +64,16 @@ class ServiceMetrics:
         )
         for reason in ICE_REFUSAL_REASONS:
             self.ice_candidates_refused.labels(reason=reason)
+        # Public listener connections.
+        self.connections_open = Gauge("media_connections_open", "open connections on the public listener", registry=r)
+        self.connections_refused = Counter(
+            "media_connections_refused",
+            "public connections closed by a bound: process or address cap, or the request deadline (timeout)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CONNECTION_REFUSAL_REASONS:
+            self.connections_refused.labels(reason=reason)
         # Signaling hub.
         self.ws_clients = Gauge("media_ws_clients", "connected WebSocket clients", registry=r)
         self.ws_send_timeouts = Counter(

@@ -24,9 +24,9 @@ from media_common import logs
 from media_service.app import admin_app, public_app
 from media_service.auth import Verifier
 from media_service.config import Settings
+from media_service.connections import ConnectionLimiter, limited_protocols
 from media_service.core import MediaService
 from media_service.lifecycle import RETRY_AFTER_SECONDS
-from media_service.ws_protocol import DroppingWebSocketProtocol
 
 log = logs.get("media_service.server")
 
@@ -76,11 +76,24 @@ class Runner:
         await service.bus.start()  # connects in the background: Redis down never delays serving
         sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
         common: dict[str, Any] = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
+        limiter = ConnectionLimiter(
+            settings.max_connections, settings.max_connections_per_address, settings.trusted_proxies
+        )
+        service.metrics.connections_open.set_function(lambda: len(limiter))
+        refused = service.metrics.connections_refused
+        http_protocol, ws_protocol = limited_protocols(
+            limiter,
+            settings.request_timeout,
+            on_refused=lambda reason: refused.labels(reason=reason).inc(),
+            on_timeout=refused.labels(reason="timeout").inc,
+        )
         public = _EmbeddedServer(
             uvicorn.Config(
                 public_app(service),
-                ws=DroppingWebSocketProtocol,
+                http=http_protocol,
+                ws=ws_protocol,
                 ws_max_size=settings.ws_max_message_bytes,
+                h11_max_incomplete_event_size=16 * 1024,  # request line and headers
                 timeout_graceful_shutdown=2,
                 **common,
             )
