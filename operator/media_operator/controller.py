@@ -36,6 +36,9 @@ from media_operator.settings import Settings
 
 log = logs.get("media_operator.controller")
 
+#: Alert-driven rounds start at most this often (see Controller.run).
+ALERT_COALESCE_SECONDS = 1.0
+
 QUARANTINED_REASON = "LeakQuarantined"
 BLOCKED_REASON = "LeakQuarantineBlocked"
 EVICTED_REASON = "QuarantineEvicted"
@@ -77,6 +80,12 @@ class Controller:
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=remaining)
+                # Alerts come in bursts (one notification per alert group, Alertmanager retries):
+                # every one that arrives within ALERT_COALESCE_SECONDS of the last round start is
+                # served by one round, not one round (and one scrape of every pod) each.
+                gap = min(ALERT_COALESCE_SECONDS, self.settings.scrape_interval) - (time.monotonic() - started)
+                if gap > 0:
+                    await asyncio.sleep(gap)
 
     def healthy(self) -> bool:
         """Alive while rounds keep finishing (a stuck loop must get the operator restarted)."""

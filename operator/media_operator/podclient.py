@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -12,6 +13,29 @@ import aiohttp
 
 from media_operator.model import PodKey, Reading
 from media_operator.promtext import Unparseable, parse_reading
+
+#: The most a pod's /metrics may send (a service pod's is tens of KB): a pod that sent 200 MB took
+#: the operator to 612 MB against its 256 Mi limit, and with it every pod's protection.
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+#: The most a pod's /debug/tasks may send; only its first groups are read.
+MAX_TASKS_BYTES = 1024 * 1024
+
+
+class TooLarge(ValueError):
+    pass
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or TooLarge as soon as it is known to exceed ``limit`` (never more is read)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"body of {declared} bytes is over {limit}")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"body over {limit} bytes")
+    return bytes(body)
 
 
 @dataclass(frozen=True)
@@ -79,8 +103,8 @@ class PodClient:
                 async with self.session.get(self._url(ip, "/metrics")) as response:
                     if response.status != 200:
                         return Scraped(Reading(leak=None, error=f"HTTP {response.status}"), "error")
-                    text = await response.text()
-            except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
+                    text = (await read_capped(response, MAX_METRICS_BYTES)).decode()
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # TooLarge, UnicodeDecodeError
                 return Scraped(Reading(leak=None, error=f"{type(exc).__name__}: {exc}"[:200]), "error")
         try:
             return Scraped(parse_reading(text), "ok")
@@ -98,8 +122,8 @@ class PodClient:
             async with self.session.get(self._url(ip, "/debug/tasks")) as response:
                 if response.status != 200:
                     return f"/debug/tasks answered HTTP {response.status}"
-                return summarize_tasks(await response.json())
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                return summarize_tasks(json.loads(await read_capped(response, MAX_TASKS_BYTES)))
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             return f"/debug/tasks unreadable ({type(exc).__name__})"
 
     async def drain(self, ip: str) -> bool:

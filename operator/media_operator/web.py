@@ -35,6 +35,8 @@ def build_app(
     async def alertmanager(request: web.Request) -> web.Response:
         assert token is not None
         given = request.headers.get("Authorization", "")
+        if not given.isascii():  # its bytes could not even be compared: malformed, not unauthorised
+            return web.json_response({"error": "the Authorization header is not ASCII"}, status=400)
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return web.json_response(
                 {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
@@ -48,8 +50,14 @@ def build_app(
             )
         try:
             alerts = parse_notification(await request.json())
-        except ValueError as exc:  # JSON errors and InvalidPayload alike
-            message = str(exc) if isinstance(exc, InvalidPayload) else "body is not JSON"
+        except (ValueError, RecursionError) as exc:  # JSON errors, nesting too deep, InvalidPayload
+            message = (
+                str(exc)
+                if isinstance(exc, InvalidPayload)
+                else "body is nested too deep"
+                if isinstance(exc, RecursionError)
+                else "body is not JSON"
+            )
             return web.json_response({"error": message}, status=400)
         result = triage.triage(alerts, in_scope)
         for key in result.accepted:

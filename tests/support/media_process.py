@@ -27,7 +27,8 @@ from media_service.auth import Grants, mint
 from tests.support.ports import free_port
 
 #: The HMAC secret of this test run: every media process verifies with it, every client mints with it.
-TEST_SECRET = secrets.token_bytes(32)
+#: Hex: random bytes may end in whitespace, which the key file reader strips (then 31 bytes: refused).
+TEST_SECRET = secrets.token_hex(32).encode()
 
 
 def token(user: str = "alice", ttl: float = 3600, *, grants: Grants | None = None, secret: bytes = TEST_SECRET) -> str:
