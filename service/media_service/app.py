@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from importlib.resources import files
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -39,9 +40,34 @@ class WebSocketSink:
             await self._websocket.close(code, reason)
 
 
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """A browser's page may open /ws only from an allowed origin: by default the service's own
+    (the demo page), else those listed; ``*`` allows any. Clients that are not browsers send no
+    Origin and are not concerned."""
+    if "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/").lower() in (a.lower() for a in allowed)
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
 async def signaling(websocket: WebSocket) -> None:
     service: MediaService = websocket.app.state.service
     params = websocket.query_params
+    origin = websocket.headers.get("origin")
+    if origin is not None and not origin_allowed(
+        origin, websocket.headers.get("host"), service.settings.allowed_origins
+    ):
+        await websocket.send_denial_response(
+            JSONResponse(
+                {
+                    "error": ErrorCode.FORBIDDEN,
+                    "message": "this page's origin may not open /ws (MEDIA_ALLOWED_ORIGINS)",
+                },
+                status_code=403,
+            )
+        )
+        return
     # Before the WebSocket is accepted: a refused client costs no hub slot, no task, no session.
     try:
         identity = service.authenticate(

@@ -35,6 +35,16 @@ def _addresses(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """comma-separated origins (https://host[:port]) or *"""
+    items = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for item in items:
+        parts = urlsplit(item)
+        if item != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
+            raise ValueError(f"expected scheme://host[:port] or *, not {item!r}")
+    return items
+
+
 def _redis_url(raw: str) -> str:
     """redis:// or rediss:// URL; empty: no Redis, one process"""
     url = raw.strip()
@@ -238,6 +248,12 @@ class Settings:
         (),
         _addresses,
         "addresses offered as host ICE candidates (comma list); empty: every non-loopback address",
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        "MEDIA_ALLOWED_ORIGINS",
+        (),
+        _origins,
+        "origins whose pages may open /ws (browsers send Origin); empty: the service's own origin only; *: any",
     )
     ice_allow_loopback: bool = setting(
         "MEDIA_ICE_ALLOW_LOOPBACK",

@@ -88,6 +88,7 @@ class Session:
     listeners: list[OnClosed] = field(default_factory=list)
     user: str | None = None  # who opened it: only that user's tokens may change or end it
     tracks: int = 0  # audio/video sections: aiortc may hold an OS thread for each
+    via: str = "ws"  # the protocol that opened it (ws or whip): only that protocol may act on it
 
 
 class SessionManager:
@@ -137,17 +138,19 @@ class SessionManager:
             raise UnknownSession(f"no session {session_id!r}") from None
 
     async def open(
-        self, offer_sdp: Any, on_closed: OnClosed | None = None, *, user: str | None = None
+        self, offer_sdp: Any, on_closed: OnClosed | None = None, *, user: str | None = None, via: str = "ws"
     ) -> tuple[Session, str]:
         """Answer an offer: returns the new session and the answer SDP. Refusals are counted here,
         whichever way the offer came (WebSocket or WHIP)."""
         try:
-            return await self._open(offer_sdp, on_closed, user)
+            return await self._open(offer_sdp, on_closed, user, via)
         except SessionError as exc:
             self._metrics.sessions_rejected.labels(code=exc.code).inc()
             raise
 
-    async def _open(self, offer_sdp: Any, on_closed: OnClosed | None, user: str | None) -> tuple[Session, str]:
+    async def _open(
+        self, offer_sdp: Any, on_closed: OnClosed | None, user: str | None, via: str
+    ) -> tuple[Session, str]:
         if self._shut.is_set() or not self._accepting():
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
@@ -167,7 +170,7 @@ class SessionManager:
         try:
             with owned_by(owner):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
-                session = Session(session_id, pc, owner, user=user, tracks=tracks)
+                session = Session(session_id, pc, owner, user=user, tracks=tracks, via=via)
                 if on_closed is not None:
                     session.listeners.append(on_closed)
                 self._wire(session)

@@ -91,9 +91,10 @@ def whip_routes(service: MediaService) -> list[Route]:
         )
 
     def own(session_id: str, identity: Identity) -> None:
-        """A session of another user answers as one that does not exist: 404, nothing revealed."""
+        """A session of another user, or one opened over a WebSocket (another connection's, which
+        is invisible), answers as one that does not exist: 404, nothing revealed."""
         session = service.sessions.get(session_id)
-        if service.verifier is not None and session.user != identity.user:
+        if session.via != "whip" or (service.verifier is not None and session.user != identity.user):
             raise UnknownSession(f"no session {session_id!r}")
 
     async def body_text(request: Request) -> str:
@@ -165,7 +166,7 @@ def whip_routes(service: MediaService) -> list[Route]:
 
         async def handle(sdp: str) -> Response:
             session, answer = await service.sessions.open(
-                sdp, user=identity.user, on_closed=lambda s, _: service.bus.release(s.id)
+                sdp, user=identity.user, on_closed=lambda s, _: service.bus.release(s.id), via="whip"
             )
             # Recorded before the answer goes out: the client's next request may reach any replica.
             await service.bus.claim(session.id)

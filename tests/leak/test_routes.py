@@ -69,7 +69,7 @@ async def test_an_orphaned_drill_shows_as_orphans(detector: LeakDetector) -> Non
     async with client(detector, fault_injection=True) as http:
         started = await http.post("/debug/leak", params={"tasks": "12", "orphaned": "1"})
         assert started.status_code == 200, started.text
-        top = (await http.get("/debug/tasks")).json()["groups"][0]
+        top = (await http.get("/debug/tasks", params={"identities": "1"})).json()["groups"][0]
         assert (top["coroutine"], top["owner"], top["count"], top["owner_names"]) == (
             "media_service.leak.faults.injected_leak",
             "orphaned",

@@ -32,7 +32,8 @@ async def test_groups_by_coroutine_and_owner_state_largest_first(ownership: Task
     gone.close(now=0.0)
     await asyncio.sleep(0)  # let every task reach its await
     try:
-        dump = task_dump(ownership, grace=1.0, now=10.0)
+        dump = task_dump(ownership, grace=1.0, now=10.0, identities=True)
+        redacted = task_dump(ownership, grace=1.0, now=10.0)
     finally:
         release.set()
         await asyncio.gather(*tasks)
@@ -48,6 +49,8 @@ async def test_groups_by_coroutine_and_owner_state_largest_first(ownership: Task
     assert top["owners"] == 1
     assert top["owner_names"] == ["session:gone"]
     assert top["task_name"] == "ka"
+    # Without asking, no owner (session) names; task names only up to their first ':'.
+    assert redacted["groups"][0]["owner_names"] == [] and redacted["groups"][0]["owners"] == 1
     relay = dump["groups"][1]["stack"]
     assert "in relay_loop" in relay[0]
     assert "in _inner_wait" in relay[1]

@@ -82,9 +82,9 @@ class LeakDetector:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def dump(self) -> dict[str, Any]:
-        """The ``/debug/tasks`` document, for the running loop."""
-        return task_dump(self.ownership, grace=self.settings.orphan_grace)
+    def dump(self, *, identities: bool = False) -> dict[str, Any]:
+        """The ``/debug/tasks`` document, for the running loop; session and user names only if asked."""
+        return task_dump(self.ownership, grace=self.settings.orphan_grace, identities=identities)
 
     def _publish(self, sample: Sample) -> None:
         if self.metrics is not None:

@@ -15,11 +15,15 @@ from media_service.leak.taskdump import dump_text
 def leak_routes(detector: LeakDetector, *, fault_injection: bool) -> list[Route]:
     async def debug_tasks(request: Request) -> Response:
         fmt = request.query_params.get("format", "json")
+        try:
+            identities = parse_flag(request.query_params.get("identities"))
+        except ValueError as exc:
+            return JSONResponse({"error": f"identities: {exc}"}, status_code=400)
         if fmt == "text":
-            return PlainTextResponse(dump_text(detector.dump()))
+            return PlainTextResponse(dump_text(detector.dump(identities=identities)))
         if fmt != "json":
             return JSONResponse({"error": "format is json or text"}, status_code=400)
-        return JSONResponse(detector.dump())
+        return JSONResponse(detector.dump(identities=identities))
 
     async def start_leak(request: Request) -> JSONResponse:
         try:

@@ -78,6 +78,13 @@ class _Group:
     example: asyncio.Future[Any] | None = None
 
 
+def _task_name(example: object, identities: bool) -> str | None:
+    if not isinstance(example, asyncio.Task):
+        return None
+    name = example.get_name()
+    return name if identities else name.split(":", 1)[0]  # "hub-writer:alice/phone" → "hub-writer"
+
+
 def task_dump(
     ownership: TaskOwnership,
     *,
@@ -86,8 +93,13 @@ def task_dump(
     loop: asyncio.AbstractEventLoop | None = None,
     stack_limit: int = 32,
     owner_names_limit: int = 5,
+    identities: bool = False,
 ) -> dict[str, Any]:
-    """A JSON-ready dump of the pending tasks of ``loop`` (the running loop by default) and the threads."""
+    """A JSON-ready dump of the pending tasks of ``loop`` (the running loop by default) and the threads.
+
+    Owner names (session ids) and task names (which carry user and device names) identify clients:
+    they are left out unless ``identities`` is asked for, so that whoever reads the admin port
+    (a scraper, a dashboard, an operator's Event) learns nothing about who is connected."""
     now = time.monotonic() if now is None else now
     groups: dict[tuple[str, OwnerState], _Group] = {}
     tasks = asyncio.all_tasks(loop)
@@ -113,8 +125,8 @@ def task_dump(
                 "owner": g.owner.value,
                 "count": g.count,
                 "owners": len(g.owners),
-                "owner_names": sorted(g.owners)[:owner_names_limit],
-                "task_name": g.example.get_name() if isinstance(g.example, asyncio.Task) else None,
+                "owner_names": sorted(g.owners)[:owner_names_limit] if identities else [],
+                "task_name": _task_name(g.example, identities),
                 "stack": await_stack(g.example, stack_limit) if g.example is not None else [],
             }
             for g in ordered
