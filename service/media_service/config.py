@@ -202,9 +202,9 @@ class Settings:
     )
     max_offer_bytes: int = setting(
         "MEDIA_MAX_OFFER_BYTES",
-        16384,
+        32768,
         integer(512, 16 * 1024 * 1024),
-        "largest offer SDP answered (a browser's audio+video offer is 4-8 KB); larger: bad_request",
+        "largest offer SDP answered (Chromium's is about 7 KB a video section); larger: bad_request",
     )
     max_offer_sections: int = setting(
         "MEDIA_MAX_OFFER_SECTIONS", 8, integer(1, 1000), "media sections (m=) of one offer; more: bad_request"
@@ -222,7 +222,10 @@ class Settings:
         "payload types of one audio/video section (Chromium offers about 40); more: bad_request",
     )
     max_offer_attributes: int = setting(
-        "MEDIA_MAX_OFFER_ATTRIBUTES", 400, integer(10, 100000), "attribute lines (a=) of one offer; more: bad_request"
+        "MEDIA_MAX_OFFER_ATTRIBUTES",
+        1000,
+        integer(10, 100000),
+        "attribute lines (a=) of one offer (Chromium: about 200 a video section); more: bad_request",
     )
     max_tracks: int = setting(
         "MEDIA_MAX_TRACKS",
