@@ -166,7 +166,13 @@ async def run(users: int, rate: float, seconds: float) -> dict[str, object]:
     devices: list[list[Device]] = []
     readers: list[asyncio.Task[None]] = []
     try:
-        env = {"MEDIA_REDIS_URL": redis.url, "MEDIA_WS_RATE_LIMIT": "100000", "MEDIA_LOG_LEVEL": "warning"}
+        env = {
+            "MEDIA_REDIS_URL": redis.url,
+            "MEDIA_WS_RATE_LIMIT": "100000",
+            "MEDIA_WS_RELAY_RATE_BYTES": str(1 << 40),
+            "MEDIA_MAX_CONNECTIONS_PER_ADDRESS": "100000",  # every client comes from one address
+            "MEDIA_LOG_LEVEL": "warning",
+        }
         replicas = [
             await asyncio.to_thread(start_media_service, workdir, host=f"127.0.0.{i + 2}", env=env)
             for i in range(REPLICAS)

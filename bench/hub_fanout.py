@@ -237,7 +237,13 @@ async def service(args: argparse.Namespace) -> AsyncIterator[Target]:
         yield Target(args.ws_url, args.admin_url, None, None, read_secret(args.secret_file).key)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is one connection relaying fast
+        # The sender is one connection relaying fast, and every client comes from one address.
+        env = {
+            "MEDIA_WS_RATE_LIMIT": "100000",
+            "MEDIA_WS_RELAY_RATE_BYTES": str(1 << 40),
+            "MEDIA_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+            "MEDIA_MAX_CONNECTIONS": "100000",
+        }
         media = await asyncio.to_thread(start_media_service, Path(tmp), host=args.host, env=env)
         try:
             yield Target(media.ws_url, media.admin_url, media.log_path, media.proc.pid)

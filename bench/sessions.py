@@ -309,7 +309,9 @@ class NaiveTarget(Target):
 
 @contextlib.asynccontextmanager
 async def running_service(workdir: Path) -> AsyncIterator[Target]:
-    media = await asyncio.to_thread(start_media_service, workdir, host=HOST)
+    # One WebSocket per session, all from one address: more than MEDIA_MAX_CONNECTIONS_PER_ADDRESS.
+    env = {"MEDIA_MAX_CONNECTIONS_PER_ADDRESS": "100000"}
+    media = await asyncio.to_thread(start_media_service, workdir, host=HOST, env=env)
     target = ServiceTarget(media.ws_url, media.admin_url, media.proc.pid)
     try:
         yield target

@@ -48,8 +48,9 @@ async def start_replicas(tmp_path: Path, redis: RedisServer, count: int = 3) -> 
 
     def start(i: int) -> MediaProcess:
         host = f"127.0.0.{i + 2}"
-        # The rate limit lets one sender's thousand messages through at once (the ordering test).
-        env = {"MEDIA_REDIS_URL": redis.url, "MEDIA_WS_RATE_LIMIT": "2000"}
+        # The rate limits let one sender's thousands of messages through at once (the ordering and
+        # slow-device tests): in messages, and in relayed bytes (MEDIA_WS_RELAY_RATE_BYTES).
+        env = {"MEDIA_REDIS_URL": redis.url, "MEDIA_WS_RATE_LIMIT": "2000", "MEDIA_WS_RELAY_RATE_BYTES": str(1 << 30)}
         return start_media_service(tmp_path, host=host, env=env)
 
     replicas = list(await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(count))))

@@ -70,7 +70,8 @@ async def poll_metric(media: MediaProcess, name: str, predicate, timeout: float)
 
 
 async def test_non_readers_are_dropped_and_healthy_clients_get_everything(tmp_path: Path, no_leaks: None) -> None:
-    env = {"MEDIA_WS_RATE_LIMIT": "100000"}  # the sender is deliberately fast; rate limiting is not under test
+    # The sender is deliberately fast; rate limiting (in messages and in relayed bytes) is not under test.
+    env = {"MEDIA_WS_RATE_LIMIT": "100000", "MEDIA_WS_RELAY_RATE_BYTES": str(1 << 40)}
     async with media_service_async(tmp_path, host="127.0.0.3", env=env) as media:
         base = media.ws_url
         healthy = [await connect(f"{base}?device=h{i}&{access_query('room')}", max_size=None) for i in range(HEALTHY)]
