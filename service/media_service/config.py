@@ -234,6 +234,13 @@ class Settings:
         "audio/video media sections of all sessions of the process (OS threads); beyond it offers are refused "
         "(retryable)",
     )
+    max_sessions_per_user: int = setting(
+        "MEDIA_MAX_SESSIONS_PER_USER",
+        32,
+        integer(1, 100000),
+        "sessions one user (the access token's subject) may hold, WebSocket and WHIP together; beyond it: "
+        "session_limit",
+    )
     session_connect_timeout: float = setting(
         "MEDIA_SESSION_CONNECT_TIMEOUT",
         30.0,

@@ -106,6 +106,7 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._reserved = 0  # offers being answered: they hold a slot before they exist
         self._tracks = 0  # audio/video sections of live sessions and of offers being answered
+        self._per_user: dict[str | None, int] = {}  # sessions (and offers being answered) per user
         # Process-wide (aioice has one validation function): the last manager's settings and metrics.
         restrict_remote_addresses(
             settings.ice_allow_loopback,
@@ -155,6 +156,11 @@ class SessionManager:
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
             raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
+        held = self._per_user.get(user, 0)
+        if user is not None and held >= self._settings.max_sessions_per_user:
+            raise SessionLimit(
+                f"MEDIA_MAX_SESSIONS_PER_USER ({self._settings.max_sessions_per_user}) sessions held; close one first"
+            )
         tracks = check_offer(offer_sdp, self._limits)
         if self._tracks + tracks > self._settings.max_tracks:
             raise SessionLimit(
@@ -166,6 +172,7 @@ class SessionManager:
         # (or an error) before the drain can decide that nothing is left.
         self._reserved += 1
         self._tracks += tracks
+        self._per_user[user] = held + 1
         self.empty.clear()
         try:
             with owned_by(owner):
@@ -203,6 +210,7 @@ class SessionManager:
         except BaseException:
             owner.close()
             self._tracks -= tracks
+            self._release_user(user)
             raise
         finally:
             self._reserved -= 1
@@ -283,6 +291,7 @@ class SessionManager:
         if timer is not None:
             timer.cancel()
         self._tracks -= session.tracks
+        self._release_user(session.user)
         self._metrics.sessions_active.set(len(self._sessions))
         self._metrics.sessions_closed.labels(reason=reason).inc()
         with owned_by(session.owner):
@@ -302,6 +311,13 @@ class SessionManager:
             # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
             self._settle()
         return True
+
+    def _release_user(self, user: str | None) -> None:
+        left = self._per_user.get(user, 0) - 1
+        if left > 0:
+            self._per_user[user] = left
+        else:
+            self._per_user.pop(user, None)
 
     def _settle(self) -> None:
         if not self._sessions and not self._reserved:
