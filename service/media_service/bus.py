@@ -38,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from media_common import logs
+from media_service.hub import encode
 from media_service.metrics import ServiceMetrics
 
 log = logs.get("media_service.bus")
@@ -200,7 +201,8 @@ class RedisBus:
         if client is None:
             self._metrics.bus_messages.labels(direction="out", result="error").inc()
             raise BusUnavailable("the bus between replicas is down")
-        payload = json.dumps({"from": self.id, "message": message}, separators=(",", ":"))
+        # As the hub writes it: UTF-8 rather than \u escapes (3x for non-ASCII), lone surrogates escaped.
+        payload = encode({"from": self.id, "message": message})
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 receivers: int = await client.publish(USER_CHANNEL + user, payload)

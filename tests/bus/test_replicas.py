@@ -396,3 +396,13 @@ async def test_another_users_token_cannot_touch_a_session_through_another_replic
     assert replicas[1].metric("media_whip_forwards_total", {"result": "ok"}) == 2
     async with httpx.AsyncClient(base_url=replicas[1].public_url, timeout=15) as other:
         assert (await other.delete(location, headers=AUTH)).status_code == 200
+
+
+async def test_non_ascii_and_lone_surrogates_cross_replicas_intact(replicas: list[MediaProcess]) -> None:
+    """Through Redis as UTF-8 (no 3x escapes); a lone surrogate, which UTF-8 cannot carry, escaped."""
+    sender_host, receiver_host, _ = replicas
+    async with clients((receiver_host, "uma", "1"), (sender_host, "vic", "1")) as (uma, vic):
+        await subscribed(receiver_host, 1)
+        await vic.send('{"type": "message", "to": "uma", "data": "é\\ud800😀"}')
+        assert (await uma.recv("message"))["data"] == "é\ud800😀"
+        assert "error" not in [m["type"] for m in vic.inbox]
