@@ -60,3 +60,18 @@ def test_a_webhook_token_given_as_a_value_is_stable_across_renders() -> None:
     assert webhook_token({}) != webhook_token({})
     refused = template({"operator": {"webhook": {"token": "short"}}}, check=False)
     assert refused.returncode != 0 and "token" in refused.stderr
+
+
+def test_on_the_host_network_the_admin_port_binds_the_pod_ip() -> None:
+    from tests.support.chart import container, env
+
+    plain = env(container(one(render(), "Deployment", "media")))
+    assert plain["MEDIA_ADMIN_HOST"] == "0.0.0.0"
+    hosted = container(one(render({"hostNetwork": True}), "Deployment", "media"))
+    names = [e["name"] for e in hosted["env"]]
+    assert env(hosted)["MEDIA_ADMIN_HOST"] == "$(POD_IP)"
+    assert names.index("POD_IP") < names.index("MEDIA_ADMIN_HOST")  # substituted only if defined before
+    chosen = env(
+        container(one(render({"hostNetwork": True, "config": {"adminHost": "10.0.0.5"}}), "Deployment", "media"))
+    )
+    assert chosen["MEDIA_ADMIN_HOST"] == "10.0.0.5"
