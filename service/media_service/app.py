@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from media_service.auth import NAME, AuthError
+from media_service.connections import ConnectionLimiter, forwarded_client
 from media_service.core import MediaService
 from media_service.errors import ErrorCode
 from media_service.leak.asgi import OwnRequests
@@ -53,6 +54,35 @@ def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> b
 
 async def signaling(websocket: WebSocket) -> None:
     service: MediaService = websocket.app.state.service
+    forwarded: ConnectionLimiter = websocket.app.state.forwarded
+    settings = service.settings
+    client_address = forwarded_client(
+        websocket.client.host if websocket.client else None,
+        websocket.headers.get("x-forwarded-for"),
+        frozenset(settings.trusted_proxies),
+    )
+    # Behind a trusted proxy every client has its address: the per-address cap counts the client
+    # the proxy names instead (directly connected clients are counted on accept).
+    if client_address is not None and forwarded.admit(websocket, client_address) is not None:
+        service.metrics.connections_refused.labels(reason="address").inc()
+        await websocket.send_denial_response(
+            JSONResponse(
+                {
+                    "error": ErrorCode.RATE_LIMITED,
+                    "message": f"more than MEDIA_MAX_CONNECTIONS_PER_ADDRESS ({settings.max_connections_per_address}) "
+                    "connections from this address",
+                },
+                status_code=429,
+            )
+        )
+        return
+    try:
+        await _signaling(websocket, service)
+    finally:
+        forwarded.release(websocket)
+
+
+async def _signaling(websocket: WebSocket, service: MediaService) -> None:
     params = websocket.query_params
     origin = websocket.headers.get("origin")
     if origin is not None and not origin_allowed(
@@ -135,6 +165,7 @@ def public_app(service: MediaService) -> Starlette:
         ],
     )
     app.state.service = service
+    app.state.forwarded = ConnectionLimiter(10**9, service.settings.max_connections_per_address)
     return app
 
 

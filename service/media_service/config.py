@@ -120,7 +120,8 @@ class Settings:
         "MEDIA_TRUSTED_PROXIES",
         (),
         _addresses,
-        "addresses of proxies in front of the service, exempt from the per-address cap (comma list)",
+        "addresses of proxies in front of the service (comma list): exempt from the per-address cap, which then counts "
+        "their WebSocket clients by X-Forwarded-For",
     )
     request_timeout: float = setting(
         "MEDIA_REQUEST_TIMEOUT",

@@ -62,6 +62,18 @@ class ConnectionLimiter:
             del self._per_address[address]
 
 
+def forwarded_client(peer: str | None, forwarded_for: str | None, trusted: frozenset[str]) -> str | None:
+    """The client behind trusted proxies: the rightmost X-Forwarded-For entry that is not a
+    trusted proxy. None when the peer is not a trusted proxy (its own address is then counted on
+    accept) or the header names no one; entries left of the first untrusted one could be forged."""
+    if peer is None or peer not in trusted or not forwarded_for:
+        return None
+    for entry in reversed([part.strip() for part in forwarded_for.split(",")]):
+        if entry and entry not in trusted:
+            return entry[:64]
+    return None
+
+
 def _address(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"

@@ -75,7 +75,15 @@ class Runner:
         await service.leaks.start()  # first: every task from here on gets an owner state
         await service.bus.start()  # connects in the background: Redis down never delays serving
         sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
-        common: dict[str, Any] = {"lifespan": "off", "log_config": None, "access_log": False, "server_header": False}
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 by
+        # default; which proxies are trusted is MEDIA_TRUSTED_PROXIES' (media_service.connections).
+        common: dict[str, Any] = {
+            "lifespan": "off",
+            "log_config": None,
+            "access_log": False,
+            "server_header": False,
+            "proxy_headers": False,
+        }
         limiter = ConnectionLimiter(
             settings.max_connections, settings.max_connections_per_address, settings.trusted_proxies
         )

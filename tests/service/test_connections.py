@@ -9,8 +9,13 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from media_service.connections import forwarded_client
 from tests.service.test_bounds import fds_of
-from tests.support.media_process import MediaProcess, media_service_async
+from tests.support.media_process import MediaProcess, auth_header, media_service_async
 from tests.support.peers import SignalingClient
 
 
@@ -99,3 +104,39 @@ async def test_requests_that_never_complete_are_cut(tmp_path: Path, no_leaks: No
         await client.send({"type": "ping"})
         assert (await client.recv("pong")) == {"type": "pong"}
         await client.close()
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(tmp_path: Path, no_leaks: None) -> None:
+    """The proxy (here 127.0.0.1) is exempt; each client it names in X-Forwarded-For has its own
+    share, and entries left of the proxy's own cannot be used to dodge it."""
+    env = {"MEDIA_TRUSTED_PROXIES": "127.0.0.1", "MEDIA_MAX_CONNECTIONS_PER_ADDRESS": "3"}
+    async with media_service_async(tmp_path, env=env) as media:
+        held = []
+        for i in range(3):
+            held.append(await connect_forwarded(media, "203.0.113.9", f"a{i}"))
+        for forged in ("203.0.113.9", "6.6.6.6, 203.0.113.9"):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect_forwarded(media, forged, "x")
+            assert refused.value.response.status_code == 429
+        held.append(await connect_forwarded(media, "198.51.100.7", "b"))  # another client: its own share
+        assert await asyncio.to_thread(media.metric, "media_connections_refused_total", {"reason": "address"}) == 2
+        for ws in held:
+            await ws.close()
+        held = [await connect_forwarded(media, "203.0.113.9", f"c{i}") for i in range(3)]  # released on close
+        for ws in held:
+            await ws.close()
+
+
+async def connect_forwarded(media: MediaProcess, forwarded: str, device: str):  # type: ignore[no-untyped-def]
+    return await connect(
+        f"{media.ws_url}?device={device}",
+        additional_headers={**auth_header(), "X-Forwarded-For": forwarded},
+    )
+
+
+def test_forwarded_client_is_the_rightmost_untrusted_entry() -> None:
+    trusted = frozenset({"10.0.0.1", "10.0.0.2"})
+    assert forwarded_client("10.0.0.1", "1.1.1.1, 2.2.2.2, 10.0.0.2", trusted) == "2.2.2.2"
+    assert forwarded_client("10.0.0.1", None, trusted) is None
+    assert forwarded_client("9.9.9.9", "1.1.1.1", trusted) is None  # not a proxy: its own address counts
+    assert forwarded_client("10.0.0.1", "10.0.0.2", trusted) is None
