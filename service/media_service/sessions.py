@@ -67,6 +67,10 @@ class SessionLimit(SessionError):
     code = ErrorCode.SESSION_LIMIT
     retryable = True
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a slot is sure to free, when known
+
 
 class Draining(SessionError):
     code = ErrorCode.DRAINING
@@ -155,7 +159,9 @@ class SessionManager:
         if self._shut.is_set() or not self._accepting():
             raise Draining("the server is draining; retry on another instance")
         if len(self._sessions) + self._reserved >= self._settings.max_sessions:
-            raise SessionLimit(f"session limit of {self._settings.max_sessions} reached; retry later")
+            raise SessionLimit(
+                f"session limit of {self._settings.max_sessions} reached; retry later", self._next_free_slot()
+            )
         held = self._per_user.get(user, 0)
         if user is not None and held >= self._settings.max_sessions_per_user:
             raise SessionLimit(
@@ -311,6 +317,14 @@ class SessionManager:
             # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
             self._settle()
         return True
+
+    def _next_free_slot(self) -> float:
+        """When a slot frees for sure: the earliest connect deadline of a session that has not
+        connected (each may hold its slot that long). With every session connected, none is sure
+        to end: the connect timeout, the time a new session may hold a slot unconnected."""
+        now = asyncio.get_running_loop().time()
+        deadlines = [timer.when() - now for timer in self._timers.values()]
+        return max(1.0, min(deadlines, default=self._settings.session_connect_timeout))
 
     def _release_user(self, user: str | None) -> None:
         left = self._per_user.get(user, 0) - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +123,8 @@ def whip_routes(service: MediaService) -> list[Route]:
         except ClientDisconnect:
             return Response(status_code=400)
         except SessionError as exc:
-            retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.retryable else None
+            wait = getattr(exc, "retry_after", None) or RETRY_AFTER_SECONDS  # the truth, when the refusal knows it
+            retry = {"Retry-After": str(math.ceil(wait))} if exc.retryable else None
             return error(exc.code, str(exc), retry)
         except Exception:  # a bug: still a JSON answer with CORS, and a traceback in the log
             log.exception("whip_failed", method=request.method, path=request.url.path)

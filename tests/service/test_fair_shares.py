@@ -43,3 +43,23 @@ async def test_one_user_cannot_take_every_slot(tmp_path: Path, no_leaks: None) -
             assert response.status_code == 201
         for peer in peers:
             await peer.close()
+
+
+async def test_retry_after_tells_when_a_slot_frees(tmp_path: Path, no_leaks: None) -> None:
+    """Slots held by sessions that never connect free at their connect deadline: Retry-After says
+    so (it said 2 s while a slot was held 30 s)."""
+    env = {"MEDIA_MAX_SESSIONS": "2", "MEDIA_SESSION_CONNECT_TIMEOUT": "20", "MEDIA_DRAIN_SECONDS": "1"}
+    async with media_service_async(tmp_path, env=env) as media:
+        peers = [make_peer() for _ in range(3)]
+        statuses, retry = [], None
+        for user, peer in zip(("u1", "u2", "u3"), peers, strict=True):
+            async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header(user)) as http:
+                response = await http.post(
+                    "/whip", content=(await offer_sdp(peer))[0], headers={"content-type": "application/sdp"}
+                )
+            statuses.append(response.status_code)
+            retry = response.headers.get("retry-after")
+        assert statuses == [201, 201, 503]
+        assert retry is not None and 15 <= int(retry) <= 20, retry
+        for peer in peers:
+            await peer.close()
