@@ -6,17 +6,28 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import aioice.ice
 import pytest
 
 from media_service.ice import restrict_host_addresses
 
+ORIGINAL_VALIDATE = aioice.ice.validate_remote_candidate
+
 
 @pytest.fixture(scope="session", autouse=True)
 def loopback_ice() -> None:
-    """The test process's own aiortc peers offer only 127.0.0.1: media stays on loopback."""
+    """The test process's own aiortc peers offer only 127.0.0.1: media stays on loopback. Should a
+    test build a SessionManager in this process, its remote-address policy (process-wide in aioice)
+    would apply to these peers too: it is undone after each test (``remote_addresses_unrestricted``)."""
     restrict_host_addresses(["127.0.0.1"])
+
+
+@pytest.fixture(autouse=True)
+def remote_addresses_unrestricted() -> Iterator[None]:
+    yield
+    aioice.ice.validate_remote_candidate = ORIGINAL_VALIDATE
 
 
 def open_fds() -> int:
