@@ -60,7 +60,9 @@ def check_offer(sdp: str, limits: OfferLimits) -> OfferShape:
     size = len(sdp.encode("utf-8", "surrogatepass"))
     if size > limits.max_bytes:
         raise OfferRefused(f"offer of {size} bytes is over MEDIA_MAX_OFFER_BYTES ({limits.max_bytes})")
-    lines = [line.rstrip("\r") for line in sdp.strip().split("\n")]
+    # Split as aiortc does (str.splitlines: also at \x1c-\x1e, \x85, \u2028...), or a section hidden
+    # behind such a separator would be one line here and a section there.
+    lines = sdp.strip().splitlines()
     if not lines or lines[0].strip() != "v=0":
         raise OfferRefused("an SDP starts with 'v=0'")
     if not any(line.startswith("m=") for line in lines):

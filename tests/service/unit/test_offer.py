@@ -73,3 +73,12 @@ def test_what_aiortc_would_trip_over_is_refused(edit, reason: str) -> None:  # t
     assert sdp != FULL
     with pytest.raises(OfferRefused, match=reason):
         check_offer(sdp, LIMITS)
+
+
+def test_lines_are_split_as_aiortc_splits_them() -> None:
+    """str.splitlines, which aiortc uses, splits at more than CR/LF: sections behind such a
+    separator count too."""
+    hidden = FULL.replace("\r\nm=video", "\u2028m=video").replace("\r\nm=application", "\x1cm=application")
+    assert check_offer(hidden, LIMITS).sections == 3
+    with pytest.raises(OfferRefused, match="MEDIA_MAX_OFFER_SECTIONS"):
+        check_offer(hidden, replace(LIMITS, max_sections=2))
