@@ -242,6 +242,13 @@ class Settings:
         "sessions one user (the access token's subject) may hold, WebSocket and WHIP together; beyond it: "
         "session_limit",
     )
+    offer_rate_per_user: float = setting(
+        "MEDIA_OFFER_RATE_PER_USER",
+        20.0,
+        number(0.1, 100000),
+        "offers a second one user may have answered, WebSocket and WHIP together (burst: twice that); more: "
+        "rate_limited",
+    )
     session_connect_timeout: float = setting(
         "MEDIA_SESSION_CONNECT_TIMEOUT",
         30.0,

@@ -27,6 +27,11 @@ class TokenBucket:
             return True
         return False
 
+    def full(self) -> bool:
+        """Refilled to its burst: forgetting this bucket loses nothing."""
+        self._refill()
+        return self._tokens >= self.burst
+
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)

@@ -27,10 +27,14 @@ from media_service.leak.ownership import Owner, owned_by
 from media_service.metrics import ServiceMetrics
 from media_service.offer import OfferLimits, OfferRefused
 from media_service.offer import check_offer as check_offer_shape
+from media_service.ratelimit import TokenBucket
 
 log = logs.get("media_service.sessions")
 
 OnClosed = Callable[["Session", str], None]
+
+#: Past this many users' offer buckets, the ones refilled to full are forgotten.
+OFFER_BUCKETS_PRUNE_AT = 10_000
 
 #: What aiortc raises for an offer it cannot answer: the client's fault, answered with bad_request.
 REJECTED_OFFER = (
@@ -72,6 +76,15 @@ class SessionLimit(SessionError):
         self.retry_after = retry_after  # seconds until a slot is sure to free, when known
 
 
+class OfferRateLimited(SessionError):
+    code = ErrorCode.RATE_LIMITED
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # one offer's worth of refill
+
+
 class Draining(SessionError):
     code = ErrorCode.DRAINING
     retryable = True
@@ -111,6 +124,7 @@ class SessionManager:
         self._reserved = 0  # offers being answered: they hold a slot before they exist
         self._tracks = 0  # audio/video sections of live sessions and of offers being answered
         self._per_user: dict[str | None, int] = {}  # sessions (and offers being answered) per user
+        self._offer_buckets: dict[str, TokenBucket] = {}  # answered offers per user and second
         # Process-wide (aioice has one validation function): the last manager's settings and metrics.
         restrict_remote_addresses(
             settings.ice_allow_loopback,
@@ -168,6 +182,13 @@ class SessionManager:
                 f"MEDIA_MAX_SESSIONS_PER_USER ({self._settings.max_sessions_per_user}) sessions held; close one first"
             )
         tracks = check_offer(offer_sdp, self._limits)
+        if user is not None and not self._offer_bucket(user).take():
+            # After the shape check (linear, cheap), before aiortc (the cost): a user looping
+            # offer and bye, or WHIP POST and DELETE, gets answers at a bounded rate.
+            raise OfferRateLimited(
+                f"more than MEDIA_OFFER_RATE_PER_USER ({self._settings.offer_rate_per_user:g}) offers a second",
+                1 / self._settings.offer_rate_per_user,
+            )
         if self._tracks + tracks > self._settings.max_tracks:
             raise SessionLimit(
                 f"MEDIA_MAX_TRACKS ({self._settings.max_tracks}) audio/video sections are in use; retry later"
@@ -317,6 +338,15 @@ class SessionManager:
             # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
             self._settle()
         return True
+
+    def _offer_bucket(self, user: str) -> TokenBucket:
+        bucket = self._offer_buckets.get(user)
+        if bucket is None:
+            if len(self._offer_buckets) >= OFFER_BUCKETS_PRUNE_AT:  # forget those that are back to full
+                self._offer_buckets = {u: b for u, b in self._offer_buckets.items() if not b.full()}
+            rate = self._settings.offer_rate_per_user
+            bucket = self._offer_buckets[user] = TokenBucket(rate=rate, burst=max(1.0, 2 * rate))
+        return bucket
 
     def _next_free_slot(self) -> float:
         """When a slot frees for sure: the earliest connect deadline of a session that has not

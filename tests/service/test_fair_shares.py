@@ -63,3 +63,26 @@ async def test_retry_after_tells_when_a_slot_frees(tmp_path: Path, no_leaks: Non
         assert retry is not None and 15 <= int(retry) <= 20, retry
         for peer in peers:
             await peer.close()
+
+
+async def test_a_user_looping_offers_gets_answers_at_a_bounded_rate(tmp_path: Path, no_leaks: None) -> None:
+    """WHIP POST then DELETE in a loop: each answer costs aiortc work, outside the session quota."""
+    env = {"MEDIA_OFFER_RATE_PER_USER": "1", "MEDIA_DRAIN_SECONDS": "1"}
+    async with media_service_async(tmp_path, env=env) as media:
+        peer = make_peer()
+        sdp = (await offer_sdp(peer))[0]
+        codes = []
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header("mallory")) as http:
+            for _ in range(10):
+                response = await http.post("/whip", content=sdp, headers={"content-type": "application/sdp"})
+                codes.append(response.status_code)
+                if response.status_code == 201:
+                    await http.delete(response.headers["location"])
+                else:
+                    assert response.json()["error"] == "rate_limited" and "retry-after" in response.headers
+        assert codes.count(201) <= 3 and codes.count(429) >= 7, codes  # burst 2, maybe one refill
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header("alice")) as http:
+            response = await http.post("/whip", content=sdp, headers={"content-type": "application/sdp"})
+            assert response.status_code == 201  # another user's own rate
+            await http.delete(response.headers["location"])
+        await peer.close()

@@ -66,7 +66,8 @@ def mutated_offers(draw: st.DrawFn) -> str:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaProcess]:
-    env = {"MEDIA_WS_RATE_LIMIT": "10000", "MEDIA_LOG_LEVEL": "info"}
+    # One user sending offers as fast as they are answered: the rate limits are not under test.
+    env = {"MEDIA_WS_RATE_LIMIT": "10000", "MEDIA_OFFER_RATE_PER_USER": "10000", "MEDIA_LOG_LEVEL": "info"}
     with media_service(tmp_path_factory.mktemp("fuzz"), env=env) as media:
         yield media
 
