@@ -195,3 +195,54 @@ def media_pods_all(cluster: Cluster, namespace: str) -> list[dict]:
             f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": "app.kubernetes.io/component=media"}
         )
         return response.raise_for_status().json()["items"]
+
+
+def leak_and_read_events(cluster: Cluster, namespace: str, values: dict, leaky: int, tmp_path: Path) -> list[dict]:
+    """Install with ``values``, start a leak on ``leaky`` pods, and return the operator's Events once
+    it has decided (the decision is an Event either way)."""
+    restricted_namespace(cluster, namespace)
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    installed = helm(cluster, "install", namespace, str(CHART), "--namespace", namespace, "--values", str(path))
+    assert installed.returncode == 0, installed.stderr
+    serving = ready_media_pods(cluster, namespace, values.get("replicaCount", 2))
+    for pod in serving[:leaky]:
+        admin = f"http://{pod['status']['podIP']}:9090"
+        poll(
+            lambda a=admin: "media_goroutine_baseline -1" not in httpx.get(f"{a}/metrics", timeout=2).text,
+            30,
+            "baseline",
+        )
+        assert httpx.post(f"{admin}/debug/leak", params={"tasks": "300"}, timeout=5).status_code == 200
+
+    def decided() -> list[dict]:
+        with cluster.api() as api:
+            events = api.get(f"/api/v1/namespaces/{namespace}/events").json()["items"]
+        return [e for e in events if e["reason"].startswith(("LeakQuarantine", "LeakQuarantined"))]
+
+    return poll(decided, 60, "the operator's decision")
+
+
+def test_the_storm_guard_quarantines_none_when_most_pods_leak_at_once(
+    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+) -> None:
+    try:
+        events = leak_and_read_events(cluster, "storm", FAST, leaky=2, tmp_path=tmp_path)
+        assert {e["reason"] for e in events} == {"LeakQuarantineBlocked"}
+        assert all(e["message"].startswith("storm:") and e["type"] == "Warning" for e in events)
+        assert len(media_pods_all(cluster, "storm")) == 2  # nobody quarantined, nobody replaced
+    finally:
+        helm(cluster, "uninstall", "storm", "--namespace", "storm", "--wait", "--timeout", "2m")
+
+
+def test_dry_run_decides_and_records_but_changes_nothing(cluster: Cluster, kubelet: Kubelet, tmp_path: Path) -> None:
+    values = {**FAST, "operator": {**FAST["operator"], "dryRun": True}}
+    try:
+        events = leak_and_read_events(cluster, "dry-run-drill", values, leaky=1, tmp_path=tmp_path)
+        assert [e["message"].split(":")[0] for e in events] == ["dry_run"]
+        pods = media_pods_all(cluster, "dry-run-drill")
+        assert [p["metadata"]["labels"]["media-service/pool"] for p in pods] == ["serving", "serving"]
+        calls = [e for e in cluster.audit() if e["user"]["username"].endswith(":dry-run-drill-media-service-operator")]
+        assert not [e for e in calls if e["verb"] in ("patch", "delete") or e.get("objectRef", {}).get("subresource")]
+    finally:
+        helm(cluster, "uninstall", "dry-run-drill", "--namespace", "dry-run-drill", "--wait", "--timeout", "2m")
