@@ -1,4 +1,5 @@
-"""The real control plane for the k8s tests: one cluster for the session, one stand-in kubelet."""
+"""The real control plane for the k8s tests: one cluster and one stand-in kubelet for this package,
+stopped when its last test is done, so that it loads no other test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.k8s)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     bin_dir = install_k8s()
     if bin_dir is None:
@@ -33,7 +34,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         started.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubelet]:
     stand_in = Kubelet(cluster, tmp_path_factory.mktemp("kubelet")).start()
     try:
