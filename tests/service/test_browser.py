@@ -144,13 +144,15 @@ def wait_stats(page: Page, condition: str, what: str, unless: str | None = None)
     at once if ``unless`` holds first (a page that gave up will not get there)."""
     predicate = f"!!s && ({condition})"
     try:
-        page.wait_for_function(
-            f"() => {{ const s = window.mediaStats; return {predicate} || !!s && ({unless or 'false'}); }}",
+        # One evaluation decides both, so a state that moves on a moment later (a page that keeps
+        # reconnecting) cannot turn a reached condition into a failure.
+        outcome = page.wait_for_function(
+            f"() => {{ const s = window.mediaStats; if ({predicate}) return 'reached';"
+            f" return !!s && ({unless or 'false'}) ? 'gave up' : false; }}",
             timeout=DEADLINE_MS,
             polling=100,
-        )
-        reached = page.evaluate(f"() => {{ const s = window.mediaStats; return {predicate}; }}")
-        problem = "" if reached else "the page gave up"
+        ).json_value()
+        problem = "" if outcome == "reached" else "the page gave up"
     except PageTimeout:
         problem = f"not within {DEADLINE_MS} ms"
     if problem:
