@@ -21,6 +21,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from media_common import logs
 from media_service.config import Settings
+from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
 from media_service.ice import rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
@@ -183,7 +184,9 @@ class SessionManager:
     @staticmethod
     async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
+        answer = await pc.createAnswer()
+        # The DTLS server whenever the offer lets us choose: see dtls.py for why.
+        await pc.setLocalDescription(RTCSessionDescription(sdp=prefer_server(offer_sdp, answer.sdp), type="answer"))
         return pc.localDescription.sdp
 
     def _wire(self, session: Session) -> None:
