@@ -23,9 +23,11 @@ def media(tmp_path_factory: pytest.TempPathFactory):
         yield media
 
 
-def check(result: dict, codec: str, media: MediaProcess) -> None:
+def check(result: dict, codec: str, media: MediaProcess, *, audio: bool = False) -> None:
     assert result["error"] is None and result["frames"] >= FRAMES, f"{result}\n{media.log()[-2000:]}"
-    assert result["received"] == [ENCODING[codec]], "the echo must come back in the codec that was sent"
+    assert not audio or result["audio_frames"] >= FRAMES, result
+    expected = sorted([ENCODING[codec], *(["OPUS"] if audio else [])])
+    assert result["received"] == expected, "the echo must come back in the codecs that were sent"
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["candidates-in-offer", "trickle"])
@@ -50,4 +52,12 @@ async def test_webrtcbin_publishes_over_the_websocket(media: MediaProcess, codec
     finally:
         await peer.close()
         await client.close()
+    media.poll_metric("media_sessions_active", lambda v: v == 0)
+
+
+async def test_webrtcbin_publishes_h264_and_opus_over_whip(media: MediaProcess, no_leaks: None) -> None:
+    """What OBS and FFmpeg publish: H.264 video and Opus audio."""
+    args = ["--whip", f"{media.public_url}/whip", "--token", token("gst"), "--codec", "h264", "--audio"]
+    peer = await GstPeer.start(*args, "--frames", str(FRAMES), "--timeout", str(DEADLINE))
+    check(await peer.result(DEADLINE + 15), "h264", media, audio=True)
     media.poll_metric("media_sessions_active", lambda v: v == 0)

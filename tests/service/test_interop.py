@@ -10,7 +10,7 @@ import re
 
 import httpx
 import pytest
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import AudioStreamTrack, RTCRtpSender, RTCSessionDescription
 
 from media_service.dtls import offered_setups
 from tests.support.media_process import MediaProcess, auth_header, media_service
@@ -91,6 +91,20 @@ async def test_the_echo_comes_back_in_the_codec_that_was_sent(media: MediaProces
     http, location, answer = await whip_publish(media, peer, sdp)
     assert answered_codecs(answer) <= {codec, "rtx"} and codec in answered_codecs(answer)
     assert await peer.wait_frames(FRAMES) >= FRAMES
+    assert (await http.delete(location)).status_code == 200
+    await http.aclose()
+    await peer.close()
+
+
+async def test_opus_audio_is_echoed_as_opus(media: MediaProcess, no_leaks: None) -> None:
+    peer = make_peer(video=False, data=False)
+    peer.pc.addTrack(AudioStreamTrack())  # 20 ms frames of silence, encoded as Opus
+    sdp, _ = await offer_sdp(peer)
+    http, location, answer = await whip_publish(media, peer, sdp)
+    assert "opus" in answered_codecs(answer)
+    rtpmap = re.search(r"^m=audio \d+ \S+ (\d+)", answer, flags=re.MULTILINE)
+    assert rtpmap is not None and f"a=rtpmap:{rtpmap.group(1)} opus/48000/2" in answer  # what it sends first
+    assert await peer.wait_frames(50) >= 50  # a second of echoed audio, decoded
     assert (await http.delete(location)).status_code == 200
     await http.aclose()
     await peer.close()

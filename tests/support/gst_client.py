@@ -14,8 +14,9 @@ Two ways to signal:
   included) and ``{"type": "answer", "sdp": ...}`` is read from stdin: the test relays them over
   the service's WebSocket protocol.
 
-The last line printed is ``{"type": "result", "frames": N, "received": [ENCODING], ...}``: decoded
-frames received and the RTP encoding of what came back, once
+With ``--audio`` it publishes Opus audio as well as video. The last line printed is
+``{"type": "result", "frames": N, "audio_frames": M, "received": [ENCODING, ...], ...}``: decoded
+video frames and audio buffers received and the RTP encodings of what came back, once
 ``--frames`` came or ``--timeout`` passed; the exit status is 0 when enough frames came.
 """
 
@@ -45,6 +46,12 @@ ENCODERS = {
 }
 
 
+AUDIO = (
+    "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc ! rtpopuspay pt=111 "
+    "! application/x-rtp,media=audio,encoding-name=OPUS,payload=111 ! webrtc."
+)
+
+
 def emit(message: dict) -> None:
     print(json.dumps(message), flush=True)
 
@@ -53,6 +60,7 @@ class Client:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.frames = 0
+        self.audio_frames = 0
         self.received: list[str] = []  # the encoding of each stream that came back
         self.error: str | None = None
         self.location: str | None = None
@@ -63,7 +71,7 @@ class Client:
         self.pipeline = Gst.parse_launch(
             "webrtcbin name=webrtc bundle-policy=max-bundle "
             "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 "
-            f"! videoconvert ! queue ! {ENCODERS[args.codec]} ! webrtc."
+            f"! videoconvert ! queue ! {ENCODERS[args.codec]} ! webrtc. " + (AUDIO if args.audio else "")
         )
         self.webrtc = self.pipeline.get_by_name("webrtc")
         # Held for the pipeline's life: PyGObject 3.42 drops a reference of the agent it did not
@@ -92,19 +100,30 @@ class Client:
         pad.link(decode.get_static_pad("sink"))
 
     def on_decoded_pad(self, _decode: Gst.Element, pad: Gst.Pad) -> None:
-        if not pad.get_current_caps().to_string().startswith("video/x-raw"):
+        kind = pad.get_current_caps().to_string()
+        if not kind.startswith(("video/x-raw", "audio/x-raw")):
             return
         sink = Gst.ElementFactory.make("fakesink")
         sink.set_property("sync", False)
         sink.set_property("signal-handoffs", True)
-        sink.connect("handoff", self.on_frame)
+        sink.connect("handoff", self.on_frame if kind.startswith("video") else self.on_audio)
         self.pipeline.add(sink)
         sink.sync_state_with_parent()
         pad.link(sink.get_static_pad("sink"))
 
     def on_frame(self, *_: object) -> None:
         self.frames += 1
-        if self.frames >= self.args.frames:
+        self.check_done()
+
+    def on_audio(self, *_: object) -> None:
+        self.audio_frames += 1
+        self.check_done()
+
+    def done(self) -> bool:
+        return self.frames >= self.args.frames and (not self.args.audio or self.audio_frames >= self.args.frames)
+
+    def check_done(self) -> None:
+        if self.done():
             GLib.idle_add(self.loop.quit)
 
     def on_bus_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
@@ -227,19 +246,21 @@ class Client:
             {
                 "type": "result",
                 "frames": self.frames,
+                "audio_frames": self.audio_frames,
                 "error": self.error,
                 "codec": self.args.codec,
-                "received": self.received,
+                "received": sorted(self.received),
                 "gstreamer": Gst.version_string(),
             }
         )
-        return 0 if self.frames >= self.args.frames else 1
+        return 0 if self.done() else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", choices=sorted(ENCODERS), default="vp8")
-    parser.add_argument("--frames", type=int, default=30, help="decoded echoed frames to wait for")
+    parser.add_argument("--frames", type=int, default=30, help="decoded echoed frames to wait for (of each kind)")
+    parser.add_argument("--audio", action="store_true", help="publish Opus audio too, and wait for its echo")
     parser.add_argument("--timeout", type=int, default=30, help="seconds to wait for them")
     signal = parser.add_mutually_exclusive_group(required=True)
     signal.add_argument("--whip", metavar="URL", help="the WHIP endpoint, e.g. http://127.0.0.1:8080/whip")

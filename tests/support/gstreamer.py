@@ -30,7 +30,7 @@ gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); gi.req
 from gi.repository import Gst, GstWebRTC, GstSdp
 Gst.init(None)
 need = ["webrtcbin", "nicesrc", "dtlssrtpenc", "videotestsrc", "vp8enc", "vp8dec", "rtpvp8pay", "x264enc",
-        "rtph264pay", "decodebin", "fakesink"]
+        "rtph264pay", "decodebin", "fakesink", "audiotestsrc", "opusenc", "rtpopuspay", "opusdec"]
 missing = [e for e in need if Gst.ElementFactory.find(e) is None]
 if not any(Gst.ElementFactory.find(e) for e in ("avdec_h264", "openh264dec")):
     missing.append("an H.264 decoder")
