@@ -13,7 +13,7 @@ import pytest
 from aiortc import RTCSessionDescription
 
 from tests.support.media_process import MediaProcess, auth_header, media_service
-from tests.support.peers import make_peer, offer_sdp
+from tests.support.peers import Peer, make_peer, offer_sdp
 
 SDP = {"content-type": "application/sdp"}
 SDPFRAG = {"content-type": "application/trickle-ice-sdpfrag"}
@@ -42,7 +42,7 @@ async def http(media: MediaProcess, no_leaks: None) -> AsyncIterator[httpx.Async
     media.poll_metric("media_sessions_active", lambda v: v == 0)
 
 
-async def create(http: httpx.AsyncClient, *, video: bool = False) -> tuple[httpx.Response, object]:
+async def create(http: httpx.AsyncClient, *, video: bool = False) -> tuple[httpx.Response, Peer]:
     peer = make_peer(video=video, data=not video)
     sdp, _ = await offer_sdp(peer, trickle=True)  # trickling: no end-of-candidates yet
     created = await http.post("/whip", content=sdp, headers=SDP)
@@ -60,7 +60,7 @@ async def test_the_etag_names_the_ice_session(http: httpx.AsyncClient) -> None:
     assert "ETag" in first.headers["access-control-expose-headers"]
     for created, peer in ((first, peer1), (second, peer2)):
         assert (await http.delete(created.headers["location"])).status_code == 200
-        await peer.close()  # type: ignore[attr-defined]
+        await peer.close()
 
 
 async def test_patch_needs_the_current_entity_tag(http: httpx.AsyncClient) -> None:
@@ -76,7 +76,7 @@ async def test_patch_needs_the_current_entity_tag(http: httpx.AsyncClient) -> No
         accepted = await http.patch(location, content=candidates(1), headers={**SDPFRAG, "if-match": good})
         assert accepted.status_code == 204, accepted.text
     assert (await http.delete(location)).status_code == 200
-    await peer.close()  # type: ignore[attr-defined]
+    await peer.close()
 
 
 async def test_an_ice_restart_is_refused_and_the_ice_session_goes_on(http: httpx.AsyncClient) -> None:
@@ -115,7 +115,7 @@ async def test_a_patch_over_the_candidate_cap_changes_nothing(http: httpx.AsyncC
     one_more = await http.patch(location, content=candidates(1, 42000), headers={**SDPFRAG, **etag})
     assert one_more.status_code == 422
     assert (await http.delete(location)).status_code == 200
-    await peer.close()  # type: ignore[attr-defined]
+    await peer.close()
 
 
 async def test_a_patch_with_one_bad_candidate_changes_nothing(http: httpx.AsyncClient) -> None:
@@ -126,7 +126,7 @@ async def test_a_patch_with_one_bad_candidate_changes_nothing(http: httpx.AsyncC
     # Nothing was applied: the session still takes the cap's 50 candidates.
     assert (await http.patch(location, content=candidates(50, 41000), headers={**SDPFRAG, **etag})).status_code == 204
     assert (await http.delete(location)).status_code == 200
-    await peer.close()  # type: ignore[attr-defined]
+    await peer.close()
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ async def test_no_link_headers_without_ice_servers(http: httpx.AsyncClient) -> N
     created, peer = await create(http)
     assert "link" not in created.headers
     assert (await http.delete(created.headers["location"])).status_code == 200
-    await peer.close()  # type: ignore[attr-defined]
+    await peer.close()
 
 
 async def test_ice_servers_are_offered_in_link_headers(
@@ -173,4 +173,4 @@ async def test_ice_servers_are_offered_in_link_headers(
             ]
             assert "Link" in created.headers["access-control-expose-headers"]
             assert (await http.delete(created.headers["location"])).status_code == 200
-            await peer.close()  # type: ignore[attr-defined]
+            await peer.close()
