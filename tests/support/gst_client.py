@@ -167,9 +167,21 @@ class Client:
         if not self.args.trickle or not candidate:
             return
         if self.answered:
-            self.patch(f"a=mid:{index}\r\na={candidate}\r\n")
+            self.patch(self.fragment(index, candidate))
         else:
             self.pending.append((index, candidate))
+
+    def fragment(self, index: int, candidate: str) -> str:
+        """An RFC 8840 sdpfrag for one candidate: the ICE credentials, then the candidate's media
+        section with its mid (webrtcbin names candidates by m-line index; WHIP wants the mid)."""
+        local = self.webrtc.get_property("local-description").sdp
+        media = local.get_media(index)
+        ufrag, pwd = media.get_attribute_val("ice-ufrag"), media.get_attribute_val("ice-pwd")
+        return (
+            f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+            f"m={media.get_media()} 9 {media.get_proto()} {media.get_format(0)}\r\n"
+            f"a=mid:{media.get_attribute_val('mid')}\r\na={candidate}\r\n"
+        )
 
     def send_offer(self, sdp: str) -> None:
         if self.args.stdio:
@@ -200,7 +212,7 @@ class Client:
         self.webrtc.emit("set-remote-description", answer, Gst.Promise.new())
         self.answered = True
         for index, candidate in self.pending:
-            self.patch(f"a=mid:{index}\r\na={candidate}\r\n")
+            self.patch(self.fragment(index, candidate))
         self.pending.clear()
         return False
 
