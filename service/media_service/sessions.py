@@ -9,6 +9,7 @@ orphans.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from media_service.metrics import ServiceMetrics
 log = logs.get("media_service.sessions")
 
 OnClosed = Callable[["Session", str], None]
+
+#: The mids of the media sections of an SDP.
+MID = re.compile(r"^a=mid:(\S+)", re.MULTILINE)
 
 #: What aiortc raises for an offer it cannot answer: the client's fault, answered with bad_request.
 REJECTED_OFFER = (
@@ -234,6 +238,14 @@ class SessionManager:
             else parse_candidate(candidate)
             for candidate in candidates
         ]
+        mids = MID.findall(session.answer)
+        for ice in parsed:  # aiortc silently ignores a candidate of no media section: say so instead
+            if ice is None:
+                continue
+            if ice.sdpMid is not None and ice.sdpMid not in mids:
+                raise BadRequest(f"candidate rejected: no media section with mid {ice.sdpMid!r}")
+            if ice.sdpMid is None and (ice.sdpMLineIndex or 0) >= len(mids):  # parse_candidate: one is set
+                raise BadRequest(f"candidate rejected: no media section at index {ice.sdpMLineIndex}")
         count = sum(item is not None for item in parsed)
         if session.candidates + count > self._settings.max_ice_candidates:
             self._metrics.ice_candidates_rejected.inc(count)

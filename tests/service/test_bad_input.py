@@ -151,6 +151,8 @@ async def test_sessions_of_other_connections_are_invisible(media: MediaProcess, 
         {"candidate": CANDIDATE.format(port=9)},  # neither sdpMid nor sdpMLineIndex
         {"candidate": CANDIDATE.format(port=9), "sdpMid": 0},
         {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": -1},
+        {"candidate": CANDIDATE.format(port=9), "sdpMid": "nope"},  # no such media section
+        {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": 7},
         "a string",
     ],
 )

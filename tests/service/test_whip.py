@@ -123,6 +123,9 @@ async def test_a_patch_with_one_bad_candidate_changes_nothing(http: httpx.AsyncC
     location, etag = created.headers["location"], {"if-match": created.headers["etag"]}
     body = candidates(3) + "a=candidate:garbage\r\n"
     assert (await http.patch(location, content=body, headers={**SDPFRAG, **etag})).status_code == 400
+    other_mid = candidates(3) + "a=mid:nope\r\n" + CANDIDATE.format(n=9, port=40009)  # a mid the session lacks
+    refused = await http.patch(location, content=other_mid, headers={**SDPFRAG, **etag})
+    assert refused.status_code == 400 and "mid 'nope'" in refused.json()["message"]
     # Nothing was applied: the session still takes the cap's 50 candidates.
     assert (await http.patch(location, content=candidates(50, 41000), headers={**SDPFRAG, **etag})).status_code == 204
     assert (await http.delete(location)).status_code == 200
