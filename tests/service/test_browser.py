@@ -214,6 +214,15 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         # another address of this host (it ranks loopback last), which still routes over loopback.
         assert stats["remoteAddress"] == "127.0.0.1", stats
         assert is_local_address(stats["localAddress"]), stats
+        # The service is the DTLS server (issue 11). Chromium negotiates the DTLS 1.2 suite it did
+        # when the service was the client, and SRTP with AES-GCM (it was AES-CM with HMAC-SHA1-80):
+        # as the server, aiortc picks its own first choice of the profiles both support.
+        assert stats["dtls"] == {
+            "role": "client",
+            "cipher": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "srtpCipher": "SRTP_AEAD_AES_256_GCM",
+            "tlsVersion": "FEFD",
+        }, stats
 
         # Signaling as the protocol says: one offer, then candidates trickled only under the session
         # id (those gathered before the answer were held back), ending with a null candidate.

@@ -27,7 +27,7 @@ from media_service.auth import Grants, mint
 from tests.support.ports import free_port
 
 #: The HMAC secret of this test run: every media process verifies with it, every client mints with it.
-TEST_SECRET = secrets.token_bytes(32)
+TEST_SECRET = secrets.token_hex(32).encode()  # text: the service strips whitespace from the file
 
 
 def token(user: str = "alice", ttl: float = 3600, *, grants: Grants | None = None, secret: bytes = TEST_SECRET) -> str:
