@@ -21,6 +21,11 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"  # a part this request needs (the bus, another replica) is down: retry
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    # WHIP only (RFC 9725): conditional PATCH requests and ICE restarts.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PRECONDITION_REQUIRED = "precondition_required"  # a PATCH without If-Match
+    PRECONDITION_FAILED = "precondition_failed"  # an If-Match that is not the ICE session's entity tag
+    ICE_RESTART_UNSUPPORTED = "ice_restart_unsupported"
     INTERNAL = "internal"
 
 
@@ -31,6 +36,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.ICE_CANDIDATE_LIMIT: 422,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.PRECONDITION_REQUIRED: 428,
+    ErrorCode.PRECONDITION_FAILED: 412,
+    ErrorCode.ICE_RESTART_UNSUPPORTED: 422,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SESSION_LIMIT: 503,
     ErrorCode.DRAINING: 503,

@@ -9,8 +9,9 @@ orphans.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from media_common import logs
 from media_service.config import Settings
+from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
 from media_service.ice import restrict_remote_addresses, rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
@@ -35,6 +37,8 @@ OnClosed = Callable[["Session", str], None]
 
 #: Past this many users' offer buckets, the ones refilled to full are forgotten.
 OFFER_BUCKETS_PRUNE_AT = 10_000
+#: The mids of the media sections of an SDP.
+MID = re.compile(r"^a=mid:(\S+)", re.MULTILINE)
 
 #: What aiortc raises for an offer it cannot answer: the client's fault, answered with bad_request.
 REJECTED_OFFER = (
@@ -106,6 +110,7 @@ class Session:
     user: str | None = None  # who opened it: only that user's tokens may change or end it
     tracks: int = 0  # audio/video sections: aiortc may hold an OS thread for each
     via: str = "ws"  # the protocol that opened it (ws or whip): only that protocol may act on it
+    answer: str = ""  # the answer SDP: its ICE credentials name the ICE session (the WHIP ETag)
 
 
 class SessionManager:
@@ -229,6 +234,7 @@ class SessionManager:
                 if self._shut.is_set():  # shutdown closed every session while this one was being answered
                     await self._close_pc(session)
                     raise Draining("the server is shutting down; retry on another instance")
+                session.answer = answer
                 self._sessions[session_id] = session
                 # Armed in the session's scope: the close it may start belongs to the session.
                 self._timers[session_id] = asyncio.get_running_loop().call_later(
@@ -250,7 +256,9 @@ class SessionManager:
     @staticmethod
     async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
+        answer = await pc.createAnswer()
+        # The DTLS server whenever the offer lets us choose: see dtls.py for why.
+        await pc.setLocalDescription(RTCSessionDescription(sdp=prefer_server(offer_sdp, answer.sdp), type="answer"))
         return pc.localDescription.sdp
 
     def _wire(self, session: Session) -> None:
@@ -283,23 +291,41 @@ class SessionManager:
 
     async def add_candidate(self, session_id: str, candidate: Any) -> None:
         """Add one remote candidate (a dict as in RTCIceCandidateInit), or None/'' to end trickling."""
+        await self.add_candidates(session_id, [candidate])
+
+    async def add_candidates(self, session_id: str, candidates: Sequence[Any]) -> None:
+        """Add remote candidates in order (None or '' ends trickling), all or none: every one is
+        parsed, and the cap checked for all of them, before the first is added, so a refused
+        request changes nothing."""
         session = self.get(session_id)
-        if candidate is None or (isinstance(candidate, dict) and not candidate.get("candidate")):
-            with owned_by(session.owner):
-                await session.pc.addIceCandidate(None)
-            return
-        if session.candidates >= self._settings.max_ice_candidates:
-            self._metrics.ice_candidates_rejected.inc()
+        parsed = [
+            None
+            if candidate is None or (isinstance(candidate, dict) and not candidate.get("candidate"))
+            else parse_candidate(candidate)
+            for candidate in candidates
+        ]
+        mids = MID.findall(session.answer)
+        for ice in parsed:  # aiortc silently ignores a candidate of no media section: say so instead
+            if ice is None:
+                continue
+            if ice.sdpMid is not None and ice.sdpMid not in mids:
+                raise BadRequest(f"candidate rejected: no media section with mid {ice.sdpMid!r}")
+            if ice.sdpMid is None and (ice.sdpMLineIndex or 0) >= len(mids):  # parse_candidate: one is set
+                raise BadRequest(f"candidate rejected: no media section at index {ice.sdpMLineIndex}")
+        count = sum(item is not None for item in parsed)
+        if session.candidates + count > self._settings.max_ice_candidates:
+            self._metrics.ice_candidates_rejected.inc(count)
             raise CandidateLimit(
-                f"session {session_id} already has {self._settings.max_ice_candidates} remote candidates"
+                f"session {session_id} has {session.candidates} remote candidates; {count} more would exceed "
+                f"{self._settings.max_ice_candidates}"
             )
-        ice = parse_candidate(candidate)
-        session.candidates += 1
         with owned_by(session.owner):
-            try:
-                await session.pc.addIceCandidate(ice)
-            except ValueError as exc:
-                raise BadRequest(f"candidate rejected: {exc}") from None
+            for item in parsed:  # aiortc ignores candidates after end-of-candidates, as before it
+                session.candidates += item is not None
+                try:
+                    await session.pc.addIceCandidate(item)
+                except ValueError as exc:
+                    raise BadRequest(f"candidate rejected: {exc}") from None
 
     def close_soon(self, session_id: str, reason: str) -> None:
         """Close from a callback: the task is tracked so shutdown can wait for it."""

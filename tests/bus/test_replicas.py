@@ -173,7 +173,8 @@ async def test_whip_create_trickle_delete_through_the_balancer_each_on_another_r
         await peer.pc.setRemoteDescription(RTCSessionDescription(created.text, "answer"))
         owner = holder(replicas)
         # Round robin: the next two requests land on the other two replicas, which forward them.
-        patched = await http.patch(location, content=fragment(candidates), headers=SDPFRAG)
+        etag = {"if-match": created.headers["etag"]}
+        patched = await http.patch(location, content=fragment(candidates), headers={**SDPFRAG, **etag})
         assert patched.status_code == 204, patched.text
         assert patched.headers["access-control-allow-origin"] == "*"
         assert await peer.wait_frames(10) >= 10  # the trickled candidates reached the session
@@ -236,6 +237,7 @@ async def test_a_forged_forwarding_header_never_makes_a_replica_call_an_address_
     with trap() as (address, seen):
         headers = {
             **SDPFRAG,
+            "if-match": created.headers["etag"],
             "host": address,
             "x-forwarded-host": address,
             "forwarded": f"host={address}",
@@ -249,10 +251,16 @@ async def test_a_forged_forwarding_header_never_makes_a_replica_call_an_address_
             del headers["x-media-forwarded"]
             forwarded = await second.patch(location, content=fragment(candidates), headers=headers)
             assert forwarded.status_code == 204, forwarded.text
+            # If-Match reaches the owner, which alone knows the ICE session: its 412 and 428 come back.
+            stale = await second.patch(location, content=fragment(candidates), headers={**headers, "if-match": '"x"'})
+            assert (stale.status_code, stale.json()["error"]) == (412, "precondition_failed")
+            unconditional = {k: v for k, v in headers.items() if k != "if-match"}
+            missing = await second.patch(location, content=fragment(candidates), headers=unconditional)
+            assert (missing.status_code, missing.json()["error"]) == (428, "precondition_required")
             unknown = await second.patch("/whip/" + "0" * 24, content=fragment(candidates), headers=headers)
             assert unknown.status_code == 404
     assert seen == []
-    assert replicas[1].metric("media_whip_forwards_total", {"result": "ok"}) == 1
+    assert replicas[1].metric("media_whip_forwards_total", {"result": "ok"}) == 3  # the 204, the 412 and the 428
     assert replicas[1].metric("media_whip_forwards_total", {"result": "not_found"}) == 1
     async with httpx.AsyncClient(base_url=replicas[0].public_url, timeout=15) as first:
         assert (await first.delete(location, headers=AUTH)).status_code == 200
@@ -320,13 +328,14 @@ async def test_redis_restarted_empty_session_owners_are_rebuilt(
         others = [media for media in replicas if media is not owner]
         async with httpx.AsyncClient(base_url=others[0].public_url, timeout=15) as other:
             await asyncio.to_thread(others[0].poll_metric, "media_bus_up", lambda v: v == 0)
-            down = await other.patch(location, content=fragment(candidates), headers=SDPFRAG)
+            etag = {"if-match": created.headers["etag"]}
+            down = await other.patch(location, content=fragment(candidates), headers={**SDPFRAG, **etag})
             assert down.status_code == 503 and down.headers["retry-after"]
             redis.start()  # empty: nothing is saved
             await asyncio.to_thread(owner.poll_metric, "media_bus_up", lambda v: v == 1, 30)
             await asyncio.to_thread(others[0].poll_metric, "media_bus_up", lambda v: v == 1, 30)
             assert re.fullmatch(r"\$\d+", redis.command("GET", "media:whip:" + location.rsplit("/", 1)[1]))
-            patched = await other.patch(location, content=fragment(candidates), headers=SDPFRAG)
+            patched = await other.patch(location, content=fragment(candidates), headers={**SDPFRAG, **etag})
             assert patched.status_code == 204, patched.text
         assert (await http.delete(location, headers=AUTH)).status_code in (200, 404)
         async with httpx.AsyncClient(base_url=owner.public_url, timeout=15) as direct:
@@ -386,7 +395,8 @@ async def test_another_users_token_cannot_touch_a_session_through_another_replic
     intruder = auth_header("mallory")
     async with httpx.AsyncClient(base_url=replicas[1].public_url, timeout=15) as other:
         # Forwarded with mallory's token; the owner answers as for a session that does not exist.
-        patched = await other.patch(location, content=fragment(candidates), headers={**SDPFRAG, **intruder})
+        etag = {"if-match": created.headers["etag"]}
+        patched = await other.patch(location, content=fragment(candidates), headers={**SDPFRAG, **intruder, **etag})
         assert patched.status_code == 404
         assert (await other.delete(location, headers=intruder)).status_code == 404
         # Unauthenticated: refused before any lookup or forwarding.

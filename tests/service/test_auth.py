@@ -228,7 +228,10 @@ class TestIdentity:
             created = await http.post("/whip", content=sdp, headers={**SDP, **bob})
             assert created.status_code == 201, created.text
             location = created.headers["location"]
-            patched = await http.patch(location, content="a=end-of-candidates\r\n", headers={**fragment, **alice})
+            etag = {"if-match": created.headers["etag"]}
+            patched = await http.patch(
+                location, content="a=end-of-candidates\r\n", headers={**fragment, **alice, **etag}
+            )
             assert (patched.status_code, patched.json()["error"]) == (404, "unknown_session")
             assert (await http.delete(location, headers=alice)).status_code == 404
             assert (await http.delete(location)).status_code == 401

@@ -151,6 +151,8 @@ async def test_sessions_of_other_connections_are_invisible(media: MediaProcess, 
         {"candidate": CANDIDATE.format(port=9)},  # neither sdpMid nor sdpMLineIndex
         {"candidate": CANDIDATE.format(port=9), "sdpMid": 0},
         {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": -1},
+        {"candidate": CANDIDATE.format(port=9), "sdpMid": "nope"},  # no such media section
+        {"candidate": CANDIDATE.format(port=9), "sdpMLineIndex": 7},
         "a string",
     ],
 )
@@ -299,3 +301,45 @@ class TestWhipBadInput:
             for path in ("/metrics", "/health", "/ready", "/debug/tasks"):
                 assert (await http.get(path)).status_code == 404
             assert (await http.post("/admin/drain")).status_code == 404
+
+    @pytest.mark.parametrize(
+        ("if_match", "body", "status", "code"),
+        [
+            ("abc", "a=end-of-candidates\r\n", 400, "bad_request"),  # not quoted
+            ('"a", b', "a=end-of-candidates\r\n", 400, "bad_request"),
+            ('W/"', "a=end-of-candidates\r\n", 400, "bad_request"),
+            ("", "a=end-of-candidates\r\n", 400, "bad_request"),
+            ("*", "a=mid:0\r\n", 400, "bad_request"),  # a restart without new credentials
+            ("*", "a=ice-ufrag:ab\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", 400, "bad_request"),  # ufrag too short
+            ("*", "a=ice-ufrag:abcd\r\na=ice-pwd:short\r\n", 400, "bad_request"),
+            ("*", "a=ice-ufrag:ab!d\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", 400, "bad_request"),
+            ("*", "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", 422, "ice_restart_unsupported"),
+        ],
+    )
+    async def test_bad_conditional_patches_change_nothing(
+        self, media: MediaProcess, if_match: str, body: str, status: int, code: str
+    ) -> None:
+        peer = make_peer()
+        sdp, _ = await offer_sdp(peer, trickle=True)
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
+            created = await http.post("/whip", content=sdp, headers={"content-type": "application/sdp"})
+            location, fragment = created.headers["location"], {"content-type": "application/trickle-ice-sdpfrag"}
+            refused = await http.patch(location, content=body, headers={**fragment, "if-match": if_match})
+            assert (refused.status_code, refused.json()["error"]) == (status, code), refused.text
+            assert refused.headers["access-control-allow-origin"] == "*"
+            # Still the same ICE session, still trickling.
+            ok = await http.patch(
+                location,
+                content=body if if_match != "*" else "a=end-of-candidates\r\n",
+                headers={**fragment, "if-match": created.headers["etag"]},
+            )
+            assert ok.status_code == 204, ok.text
+            assert (await http.delete(location)).status_code == 200
+        await peer.close()
+
+    async def test_restart_on_an_unknown_session(self, media: MediaProcess) -> None:
+        restart = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+        headers = {"content-type": "application/trickle-ice-sdpfrag", "if-match": "*"}
+        async with httpx.AsyncClient(base_url=media.public_url, headers=auth_header()) as http:
+            response = await http.patch("/whip/nope", content=restart, headers=headers)
+        assert (response.status_code, response.json()["error"]) == (404, "unknown_session")

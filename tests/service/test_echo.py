@@ -73,16 +73,13 @@ async def test_whip_create_trickle_delete(media: MediaProcess, no_leaks: None) -
         assert re.fullmatch(r"/whip/[\w-]+", location)
         await peer.pc.setRemoteDescription(RTCSessionDescription(created.text, "answer"))
         fragment = "a=mid:0\r\n" + "".join(f"a={c}\r\n" for c in candidates) + "a=end-of-candidates\r\n"
-        patched = await http.patch(
-            location, content=fragment, headers={"content-type": "application/trickle-ice-sdpfrag"}
-        )
+        trickle = {"content-type": "application/trickle-ice-sdpfrag", "if-match": created.headers["etag"]}
+        patched = await http.patch(location, content=fragment, headers=trickle)
         assert patched.status_code == 204, patched.text
         assert await peer.wait_frames(15) >= 15
         deleted = await http.delete(location)
         assert deleted.status_code == 200
         assert (await http.delete(location)).status_code == 404
-        assert (
-            await http.patch(location, content=fragment, headers={"content-type": "application/trickle-ice-sdpfrag"})
-        ).status_code == 404
+        assert (await http.patch(location, content=fragment, headers=trickle)).status_code == 404
     await peer.close()
     media.poll_metric("media_sessions_active", lambda v: v == 0)

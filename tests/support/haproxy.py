@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ports import free_port
-from tests.support.servers import wait_until
+from tests.support.servers import terminate, wait_until
 from tests.support.tools import require_tool
 
 
@@ -27,13 +27,7 @@ class Haproxy:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, 10)
 
 
 def round_robin(workdir: Path, backends: list[tuple[str, int]]) -> Haproxy:

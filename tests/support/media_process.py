@@ -27,8 +27,7 @@ from media_service.auth import Grants, mint
 from tests.support.ports import free_port
 
 #: The HMAC secret of this test run: every media process verifies with it, every client mints with it.
-#: Hex: random bytes may end in whitespace, which the key file reader strips (then 31 bytes: refused).
-TEST_SECRET = secrets.token_hex(32).encode()
+TEST_SECRET = secrets.token_hex(32).encode()  # text: the service strips whitespace from the file
 
 
 def token(user: str = "alice", ttl: float = 3600, *, grants: Grants | None = None, secret: bytes = TEST_SECRET) -> str:

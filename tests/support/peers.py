@@ -143,10 +143,15 @@ def make_peer(*, video: bool = False, data: bool = True) -> Peer:
     return peer
 
 
-async def offer_sdp(peer: Peer, *, trickle: bool = False) -> tuple[str, list[str]]:
-    """The peer's offer; with ``trickle`` its candidates are taken out and returned separately."""
-    await peer.pc.setLocalDescription(await peer.pc.createOffer())
-    sdp = peer.pc.localDescription.sdp
+async def offer_sdp(peer: Peer, *, trickle: bool = False, setup: str = "actpass") -> tuple[str, list[str]]:
+    """The peer's offer; with ``trickle`` its candidates are taken out and returned separately.
+    ``setup`` is the DTLS role it offers: ``actpass`` (what aiortc and browsers offer), ``active``
+    (the offerer will be the DTLS client) or ``passive`` (the server, as FFmpeg 8 offers)."""
+    offer = await peer.pc.createOffer()
+    sdp = with_setup(offer.sdp, setup)
+    # The offerer's own transports take their role from the answer, whatever its offer said.
+    await peer.pc.setLocalDescription(RTCSessionDescription(sdp, "offer"))
+    sdp = with_setup(peer.pc.localDescription.sdp, setup)
     if not trickle:
         return sdp, []
     candidates = [line.removeprefix("a=") for line in CANDIDATE_LINE.findall(sdp)]
@@ -161,11 +166,12 @@ async def open_session(
     video: bool = False,
     data: bool = True,
     trickle: bool = False,
+    setup: str = "actpass",
     connect_timeout: float = 15.0,
 ) -> Peer:
     """Offer over signaling, apply the answer, trickle if asked, wait until connected."""
     peer = make_peer(video=video, data=data)
-    sdp, candidates = await offer_sdp(peer, trickle=trickle)
+    sdp, candidates = await offer_sdp(peer, trickle=trickle, setup=setup)
     await client.send({"type": "offer", "sdp": sdp})
     answer = await client.recv("answer")
     peer.session = answer["session"]
@@ -184,6 +190,16 @@ async def open_session(
     if data:
         await asyncio.wait_for(peer.channel_open.wait(), connect_timeout)
     return peer
+
+
+def with_setup(sdp: str, setup: str) -> str:
+    """``sdp`` with every ``a=setup`` saying ``setup``."""
+    return re.sub(r"^a=setup:[a-z]+", f"a=setup:{setup}", sdp, flags=re.MULTILINE)
+
+
+def without_candidates(sdp: str) -> str:
+    """``sdp`` with no candidate lines and no end-of-candidates, as OBS 30.2+ offers over WHIP."""
+    return re.sub(r"^a=(candidate:.*|end-of-candidates)\r?\n", "", sdp, flags=re.MULTILINE)
 
 
 def only_codec(sdp: str, codec: str, payload_type: int = 96) -> str:

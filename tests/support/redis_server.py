@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ports import free_port
-from tests.support.servers import wait_until
+from tests.support.servers import terminate, wait_until
 from tests.support.tools import require_tool
 
 
@@ -81,13 +81,8 @@ class RedisServer:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc, 10)
 
 
 def redis_server(workdir: Path, password: str | None = None) -> RedisServer:

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -29,7 +30,11 @@ def require_tool(*names: str, install: str = "make tools") -> str:
     found = find_tool(*names)
     if found is not None:
         return found
-    message = f"{' or '.join(names)} is not installed; install it with: {install}"
+    unavailable(f"{' or '.join(names)} is not installed; install it with: {install}")
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool a test needs is missing: a failure in CI (CI=true), a skip elsewhere."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

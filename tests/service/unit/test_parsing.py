@@ -6,7 +6,14 @@ import pytest
 
 from media_service.offer import OfferLimits
 from media_service.sessions import BadRequest, check_offer, parse_candidate
-from media_service.whip import parse_sdpfrag
+from media_service.whip import (
+    ice_etag,
+    ice_server_links,
+    parse_if_match,
+    parse_sdpfrag,
+    restart_credentials,
+    strong_match,
+)
 
 LINE = "candidate:842163049 1 udp 1677729535 127.0.0.1 46154 typ srflx raddr 0.0.0.0 rport 0"
 
@@ -65,3 +72,45 @@ def test_sdpfrag_candidates_follow_their_media_section() -> None:
 def test_sdpfrag_without_media_lines_uses_the_first_section() -> None:
     assert parse_sdpfrag("a=" + LINE + "\n") == [{"candidate": LINE, "sdpMid": None, "sdpMLineIndex": 0}]
     assert parse_sdpfrag("") == []
+
+
+def test_the_entity_tag_follows_the_ice_credentials_only() -> None:
+    answer = "v=0\r\nm=video 9 X 96\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+    tag = ice_etag(answer)
+    assert tag.startswith('"') and tag.endswith('"') and "abcdefghijklmnopqrstuvwx" not in tag
+    assert ice_etag(answer + "a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n") == tag
+    assert ice_etag(answer.replace("abcd", "abce")) != tag
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [("*", "*"), (' "a" ', ['"a"']), ('"a", W/"b"', ['"a"', 'W/"b"']), ('""', ['""'])],
+)
+def test_if_match_values(value: str, parsed: object) -> None:
+    assert parse_if_match(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["", "a", '"a', '"a" "b"', '"a",', "W/a", '"a"b"', "**"])
+def test_malformed_if_match_is_a_bad_request(value: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_if_match(value)
+
+
+def test_weak_tags_never_match() -> None:
+    assert strong_match(['"x"', '"t"'], '"t"')
+    assert not strong_match(['W/"t"'], '"t"')
+
+
+def test_restart_credentials() -> None:
+    assert restart_credentials("a=ice-ufrag:ab+/\r\na=ice-pwd:" + "p" * 22 + "\r\n") == ("ab+/", "p" * 22)
+    for bad in ("a=mid:0\r\n", "a=ice-ufrag:abcd\r\n", "a=ice-ufrag:abc\r\na=ice-pwd:" + "p" * 22):
+        with pytest.raises(BadRequest):
+            restart_credentials(bad)
+
+
+def test_link_headers_carry_turn_credentials_only() -> None:
+    servers = [{"urls": "stun:s.example.org", "username": "x"}, {"urls": ["turns:t.example.org"], "username": "u"}]
+    assert ice_server_links(servers) == [
+        '<stun:s.example.org>; rel="ice-server"',
+        '<turns:t.example.org>; rel="ice-server"; username="u"; credential=""; credential-type="password"',
+    ]
