@@ -1,4 +1,4 @@
-"""Every bound of issue 10 pushed at once against one real service process on loopback, with its
+"""Every bound pushed at once against one real service process on loopback, with its
 default settings (the chart's): RSS, threads and /health latency against the chart's limits.
 
     PYTHONPATH=. .venv/bin/python bench/bounds.py [--seconds 20]

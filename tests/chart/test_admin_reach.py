@@ -1,6 +1,6 @@
-"""The chart keeps the admin port to what needs it and the webhook token stable (issue 10,
-findings 10 and 11): NetworkPolicies select Prometheus and Alertmanager by namespace and pods,
-and a token given as a value renders the same on every `helm template`."""
+"""The chart keeps the admin port to what needs it and the webhook token stable: NetworkPolicies
+select Prometheus and Alertmanager by namespace and pods, and a token given as a value renders the
+same on every `helm template`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator bounded too (issue 10, finding 9): pods' responses read up to a cap, every
+"""The operator bounded too: pods' responses read up to a cap, every
 malformed webhook request a 400, and bursts of alerts served by one round each, not one round
 (a scrape of every pod) per alert."""
 

@@ -1,4 +1,4 @@
-"""The admin port and the protocols keep to their own (issue 10, finding 10): /debug/tasks names
+"""The admin port and the protocols keep to their own: /debug/tasks names
 no session or user unless asked, WHIP acts only on WHIP sessions, and browsers' WebSockets come
 only from allowed origins."""
 

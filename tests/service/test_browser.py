@@ -214,7 +214,7 @@ def test_browser_media_is_echoed(browser: BrowserContext, tmp_path: Path) -> Non
         # another address of this host (it ranks loopback last), which still routes over loopback.
         assert stats["remoteAddress"] == "127.0.0.1", stats
         assert is_local_address(stats["localAddress"]), stats
-        # The service is the DTLS server (issue 11). Chromium negotiates the DTLS 1.2 suite it did
+        # The service is the DTLS server. Chromium negotiates the DTLS 1.2 suite it did
         # when the service was the client, and SRTP with AES-GCM (it was AES-CM with HMAC-SHA1-80):
         # as the server, aiortc picks its own first choice of the profiles both support.
         assert stats["dtls"] == {

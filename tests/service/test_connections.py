@@ -1,4 +1,4 @@
-"""Connections bounded in number and in time (issue 10, finding 2), on the real process: one
+"""Connections bounded in number and in time, on the real process: one
 client address cannot hold more than MEDIA_MAX_CONNECTIONS_PER_ADDRESS connections, and requests
 that never complete (half-open headers, slow bodies) are cut at MEDIA_REQUEST_TIMEOUT."""
 

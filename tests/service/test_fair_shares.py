@@ -1,4 +1,4 @@
-"""One user cannot hold every session slot (issue 10, finding 5): one client filled all 500 slots
+"""One user cannot hold every session slot: one client filled all 500 slots
 over WHIP in 5.6 s. Now a user holds at most MEDIA_MAX_SESSIONS_PER_USER, WebSocket and WHIP
 together, and the others still get theirs."""
 

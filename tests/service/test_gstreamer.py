@@ -1,6 +1,6 @@
 """GStreamer's webrtcbin, unmodified (its own RSA DTLS certificate, ``a=setup:actpass``), publishes
 VP8 and H.264 to the real service over WHIP and over the WebSocket protocol, and counts the decoded
-frames echoed back: the interop of issue 11, where DTLS used to fail after ICE connected."""
+frames echoed back (before the service took the DTLS server role, DTLS failed after ICE connected)."""
 
 from __future__ import annotations
 

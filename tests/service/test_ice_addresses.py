@@ -1,4 +1,4 @@
-"""Client candidates cannot aim the server's connectivity checks (issue 10, finding 6): no STUN
+"""Client candidates cannot aim the server's connectivity checks: no STUN
 packet towards loopback, link-local, cloud-metadata or (when told) private addresses, each
 refusal counted in media_ice_candidates_refused_total{reason}."""
 

@@ -1,6 +1,6 @@
-"""Offers bounded in complexity before aiortc sees them (issue 10, finding 3), and audio/video
+"""Offers bounded in complexity before aiortc sees them, and audio/video
 sections bounded per session and per process, since aiortc may hold an OS thread for each
-(finding 4). On the real process, with its event loop probed on the admin port's /health."""
+On the real process, with its event loop probed on the admin port's /health."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Relayed bytes are bounded (issue 10, findings 1 and 7), on the real process: queues in bytes as
+"""Relayed bytes are bounded, on the real process: queues in bytes as
 well as messages, non-ASCII relayed as UTF-8 rather than escapes, and fan-out charged to the
 sender, size times recipients."""
 
