@@ -292,15 +292,22 @@ def whip_routes(service: MediaService) -> list[Route]:
 
         return await guarded(request, SDP, handle)
 
-    async def trickle(request: Request) -> Response:
-        session_id = request.path_params["session_id"]
+    async def answered_here(request: Request, session_id: str) -> Identity | Response:
+        """The token's identity when this replica answers for ``session_id``; otherwise the answer to
+        send: the refusal of a bad token, or the owner's answer from another replica (the owner
+        checks the token's user, as for a session of its own)."""
         try:
             identity = authenticate(request)
         except AuthError as exc:
             return auth_refusal(exc)
-        # Another replica's session: its owner checks the token's user, as for its own.
-        if (forwarded := await elsewhere(request, session_id)) is not None:
-            return forwarded
+        forwarded = await elsewhere(request, session_id)
+        return identity if forwarded is None else forwarded
+
+    async def trickle(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        identity = await answered_here(request, session_id)
+        if isinstance(identity, Response):
+            return identity
 
         async def handle(body: str) -> Response:
             own(session_id, identity)  # 404 before anything else
@@ -323,12 +330,9 @@ def whip_routes(service: MediaService) -> list[Route]:
 
     async def delete(request: Request) -> Response:
         session_id = request.path_params["session_id"]
-        try:
-            identity = authenticate(request)
-        except AuthError as exc:
-            return auth_refusal(exc)
-        if (forwarded := await elsewhere(request, session_id)) is not None:
-            return forwarded
+        identity = await answered_here(request, session_id)
+        if isinstance(identity, Response):
+            return identity
         try:
             own(session_id, identity)
         except UnknownSession:
