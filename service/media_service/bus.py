@@ -162,8 +162,8 @@ class RedisBus:
         self._subscriptions_changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ever_up = self._is_up = self._down_logged = False
-        self._up_since: float | None = None
+        self._ever_up = self._down_logged = False
+        self._up_since: float | None = None  # set while a connection is up, until the supervisor notes its loss
         metrics.bus_up.set(0)
 
     @property
@@ -293,14 +293,14 @@ class RedisBus:
         self._metrics.bus_up.set(1)
         if self._ever_up:
             self._metrics.bus_reconnects.inc()
-        self._ever_up = self._is_up = True
+        self._ever_up = True
         self._down_logged = False
         self._up_since = time.monotonic()
         log.info("bus_connected", users=len(self._users), sessions=len(self._owned))
 
     def _set_down(self, exc: BaseException) -> None:
         """Mark the bus down, with one log line per change of state (not one per failed retry)."""
-        was_up, self._is_up = self._is_up, False
+        was_up = self._up_since is not None
         self._client = None
         self._metrics.bus_up.set(0)
         if was_up or not self._down_logged:
