@@ -258,6 +258,13 @@ class Settings:
     session_close_timeout: float = setting(
         "MEDIA_SESSION_CLOSE_TIMEOUT", 5.0, number(0.1, 300), "bound on closing one peer connection"
     )
+    echo_mode: str = setting(
+        "MEDIA_ECHO_MODE",
+        "forward",
+        choice("forward", "transcode"),
+        "forward: echo the encoded frames the peer sends (no decode, no encode, no thread per track); transcode: "
+        "decode and encode every frame again (aiortc's own path, for comparison)",
+    )
     ice_servers: tuple[dict[str, Any], ...] = setting(
         "MEDIA_ICE_SERVERS", (), _ice_servers, "JSON list of STUN/TURN servers; none by default"
     )

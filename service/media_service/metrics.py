@@ -15,6 +15,8 @@ BUS_DIRECTIONS = ("out", "in")
 BUS_RESULTS = ("ok", "error", "ignored")
 #: ok answered by the owner; not_found no owner recorded; unavailable Redis or the owner unreachable.
 FORWARD_RESULTS = ("ok", "not_found", "unavailable")
+#: What became of a viewer's keyframe request for forwarded video (media_service.relay).
+KEYFRAME_REQUEST_RESULTS = ("relayed", "coalesced")
 #: Why a public connection was closed by a bound (media_service.connections).
 CONNECTION_REFUSAL_REASONS = ("process", "address", "timeout")
 #: Why a remote ICE candidate's address is refused (media_service.ice.refusal).
@@ -64,6 +66,21 @@ class ServiceMetrics:
         )
         for reason in ICE_REFUSAL_REASONS:
             self.ice_candidates_refused.labels(reason=reason)
+        # Forwarded media (MEDIA_ECHO_MODE=forward).
+        self.keyframe_requests = Counter(
+            "media_keyframe_requests",
+            "keyframe requests (PLI, FIR) from viewers of forwarded video, by result: relayed to the sending peer "
+            "as a PLI, or coalesced with one relayed less than 0.25 s before",
+            ["result"],
+            registry=r,
+        )
+        for result in KEYFRAME_REQUEST_RESULTS:
+            self.keyframe_requests.labels(result=result)
+        self.forwarded_frames_dropped = Counter(
+            "media_forwarded_frames_dropped",
+            "received frames dropped because the sender of the echo fell behind (the next keyframe resumes it)",
+            registry=r,
+        )
         # Public listener connections.
         self.connections_open = Gauge("media_connections_open", "open connections on the public listener", registry=r)
         self.connections_refused = Counter(

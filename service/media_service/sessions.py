@@ -1,4 +1,5 @@
-"""WebRTC sessions: one aiortc RTCPeerConnection each, echoing back whatever the peer sends.
+"""WebRTC sessions: one aiortc RTCPeerConnection each, echoing back whatever the peer sends
+(media as the encoded frames it sent, ``relay.py``, unless ``MEDIA_ECHO_MODE=transcode``).
 
 Every session is bounded (remote ICE candidates, time to connect, time to close) and removed the
 moment its peer connection fails or closes. All its tasks, including the ones aiortc starts, are
@@ -26,10 +27,11 @@ from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
 from media_service.ice import restrict_remote_addresses, rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
-from media_service.metrics import ServiceMetrics
+from media_service.metrics import KEYFRAME_REQUEST_RESULTS, ServiceMetrics
 from media_service.offer import OfferLimits, OfferRefused
 from media_service.offer import check_offer as check_offer_shape
 from media_service.ratelimit import TokenBucket
+from media_service.relay import Counters, echo_forwarded
 
 log = logs.get("media_service.sessions")
 
@@ -142,6 +144,12 @@ class SessionManager:
             max_tracks=settings.max_offer_tracks,
             max_codecs=settings.max_offer_codecs,
             max_attributes=settings.max_offer_attributes,
+        )
+        self._forward = settings.echo_mode == "forward"
+        relayed = {result: metrics.keyframe_requests.labels(result=result) for result in KEYFRAME_REQUEST_RESULTS}
+        self._relay_counters = Counters(
+            keyframe_requests=lambda result: relayed[result].inc(),
+            frames_dropped=metrics.forwarded_frames_dropped.inc,
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[Any]] = set()
@@ -266,7 +274,10 @@ class SessionManager:
 
         @pc.on("track")
         def echo_track(track: MediaStreamTrack) -> None:
-            pc.addTrack(track)
+            if self._forward:
+                echo_forwarded(pc, track, self._relay_counters)
+            else:
+                pc.addTrack(track)
 
         @pc.on("datachannel")
         def echo_channel(channel: RTCDataChannel) -> None:
