@@ -27,6 +27,7 @@ from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
 from media_service.ice import restrict_remote_addresses, rtc_configuration
 from media_service.leak.ownership import Owner, owned_by
+from media_service.memory import MemoryTrimmer, libc_trim
 from media_service.metrics import KEYFRAME_REQUEST_RESULTS, ServiceMetrics
 from media_service.offer import OfferLimits, OfferRefused
 from media_service.offer import check_offer as check_offer_shape
@@ -152,6 +153,7 @@ class SessionManager:
             frames_dropped=metrics.forwarded_frames_dropped.inc,
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._trimmer = MemoryTrimmer(libc_trim())  # closed sessions' memory back to the system
         self._closing: set[asyncio.Task[Any]] = set()
         self._shut = asyncio.Event()  # close_all ran: an offer answered after it must not become a session
         self.empty = asyncio.Event()
@@ -371,6 +373,7 @@ class SessionManager:
             session.owner.close()
             for listener in session.listeners:
                 listener(session, reason)
+            self._trimmer.session_closed()
             log.debug("session_closed", session=session_id, reason=reason, active=len(self._sessions))
             # Only now: whoever waits for "no sessions" (the drain) must find every bye already queued.
             self._settle()
@@ -419,6 +422,7 @@ class SessionManager:
         await asyncio.gather(*(self.close(i, reason) for i in ids))
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
+        self._trimmer.cancel()
         return len(ids)
 
 
