@@ -265,6 +265,12 @@ class Settings:
         "forward: echo the encoded frames the peer sends (no decode, no encode, no thread per track); transcode: "
         "decode and encode every frame again (aiortc's own path, for comparison)",
     )
+    dtls_certificate_rotation: float = setting(
+        "MEDIA_DTLS_CERTIFICATE_ROTATION",
+        86400.0,
+        number(60, 604800),
+        "seconds the process's one DTLS certificate serves new sessions before a new one is made",
+    )
     ice_servers: tuple[dict[str, Any], ...] = setting(
         "MEDIA_ICE_SERVERS", (), _ice_servers, "JSON list of STUN/TURN servers; none by default"
     )

@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from media_common import logs
+from media_service.certificates import CertificateSource, use_certificate
 from media_service.config import Settings
 from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
@@ -153,6 +154,7 @@ class SessionManager:
             frames_dropped=metrics.forwarded_frames_dropped.inc,
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._certificates = CertificateSource(settings.dtls_certificate_rotation)
         self._trimmer = MemoryTrimmer(libc_trim())  # closed sessions' memory back to the system
         self._closing: set[asyncio.Task[Any]] = set()
         self._shut = asyncio.Event()  # close_all ran: an offer answered after it must not become a session
@@ -219,6 +221,7 @@ class SessionManager:
         try:
             with owned_by(owner):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
+                use_certificate(pc, self._certificates.current())
                 session = Session(session_id, pc, owner, user=user, tracks=tracks, via=via)
                 if on_closed is not None:
                     session.listeners.append(on_closed)
