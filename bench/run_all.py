@@ -2,7 +2,7 @@
 
 Each benchmark is its own process that prints JSON on stdout (progress on stderr); the ones not
 present in bench/ are reported as missing and skipped. The whole run is bounded by ``--budget``
-seconds (default 420): a benchmark gets at most what is left, and is stopped with its whole process
+seconds (default 540): a benchmark gets at most what is left, and is stopped with its whole process
 group (so the servers it started go too) when its time is up.
 
 Run from the repository root: ``.venv/bin/python bench/run_all.py`` (``--quick`` for a smoke run;
@@ -38,12 +38,13 @@ class Bench:
 BENCHES = (
     # sessions.py stops starting phases after its own --budget; the rest of its timeout is margin.
     Bench("sessions.py", timeout=220.0, extra={"full": ("--budget", "170"), "quick": ("--quick", "--budget", "90")}),
+    Bench("forward.py", timeout=150.0),
     Bench("leak_sample.py", timeout=60.0),
     Bench("readiness_flip.py", timeout=60.0),
     Bench("hub_fanout.py", timeout=120.0, extra={"quick": ("--clients", "200", "--messages", "20")}),
     Bench("bus.py", timeout=120.0, extra={"quick": ("--users", "60", "--seconds", "3")}),
     # Production settings (15 s interval, 120 s confirmation) take minutes alone; these short
-    # settings keep the whole run within 7 minutes (round time and CPU are per round anyway).
+    # settings keep the whole run within 9 minutes (round time and CPU are per round anyway).
     Bench(
         "operator_round.py",
         timeout=150.0,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", metavar="NAME", help="run only this benchmark, e.g. sessions (repeatable)"
     )
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget
     started = time.perf_counter()
