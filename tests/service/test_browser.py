@@ -301,3 +301,66 @@ def test_browser_follows_a_drain(browser: BrowserContext, tmp_path: Path) -> Non
         assert media.metric("media_sessions_active") == 0
         assert problems == [], problems
         page.close()
+
+
+#: The page's video offered as H.264 only, and its peer connections kept for the test to read.
+PREFER_H264 = """
+(() => {
+  window.peers = [];
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.peers.push(this);
+    }
+    addTrack(track, ...streams) {
+      const sender = super.addTrack(track, ...streams);
+      if (track.kind === "video") {
+        const codecs = RTCRtpSender.getCapabilities("video").codecs;
+        const h264 = codecs.filter((c) => c.mimeType === "video/H264");
+        const transceiver = this.getTransceivers().find((t) => t.sender === sender);
+        transceiver.setCodecPreferences([...h264, ...codecs.filter((c) => c.mimeType === "video/rtx")]);
+      }
+      return sender;
+    }
+  };
+})();
+"""
+
+#: The codecs of the page's last peer connection's video, received and sent, from getStats().
+VIDEO_CODECS = """
+async () => {
+  const report = await window.peers[window.peers.length - 1].getStats();
+  const codecs = {};
+  report.forEach((s) => {
+    if ((s.type === "inbound-rtp" || s.type === "outbound-rtp") && s.kind === "video" && s.codecId) {
+      codecs[s.type] = report.get(s.codecId).mimeType;
+    }
+  });
+  return codecs;
+}
+"""
+
+
+def test_browser_decodes_forwarded_h264(browser: BrowserContext, tmp_path: Path) -> None:
+    """Chromium sends H.264; the service forwards it (it decodes nothing) and Chromium decodes the echo."""
+    with media_service(tmp_path, **DEV) as media:
+        problems: list[str] = []
+        page = browser.new_page()
+        page.add_init_script(PREFER_H264)
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto(f"{dev_address(media)}&device=chromium")
+        if not page.evaluate(
+            "() => RTCRtpSender.getCapabilities('video').codecs.some(c => c.mimeType === 'video/H264')"
+        ):
+            pytest.fail("this Chromium has no H.264 encoder (Debian's chromium has one)")
+        page.get_by_role("button", name="Start").click()
+        wait_stats(page, "s.state === 'connected' && s.session", "the session connects", unless="s.state === 'closed'")
+        stats = wait_stats(page, "s.framesDecoded >= 30", "echoed H.264 decodes")
+        assert stats["framesDecoded"] >= 30
+        assert page.evaluate(VIDEO_CODECS) == {"inbound-rtp": "video/H264", "outbound-rtp": "video/H264"}
+        assert media.metric("media_forwarded_frames_dropped_total") == 0
+        page.get_by_role("button", name="Hang up").click()
+        media.poll_metric("media_sessions_active", lambda v: v == 0, timeout=60)
+        assert problems == [], problems
+        page.close()
