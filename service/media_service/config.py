@@ -214,7 +214,7 @@ class Settings:
         "MEDIA_MAX_OFFER_TRACKS",
         4,
         integer(0, 1000),
-        "audio/video media sections of one offer (each may hold an OS thread); more: bad_request",
+        "audio/video media sections of one offer (each an OS thread with MEDIA_ECHO_MODE=transcode); more: bad_request",
     )
     max_offer_codecs: int = setting(
         "MEDIA_MAX_OFFER_CODECS",
@@ -232,8 +232,8 @@ class Settings:
         "MEDIA_MAX_TRACKS",
         1000,
         integer(1, 1000000),
-        "audio/video media sections of all sessions of the process (OS threads); beyond it offers are refused "
-        "(retryable)",
+        "audio/video media sections of all sessions of the process (OS threads when transcoding); beyond it offers are "
+        "refused (retryable)",
     )
     max_sessions_per_user: int = setting(
         "MEDIA_MAX_SESSIONS_PER_USER",

@@ -112,7 +112,7 @@ class Session:
     candidates: int = 0
     listeners: list[OnClosed] = field(default_factory=list)
     user: str | None = None  # who opened it: only that user's tokens may change or end it
-    tracks: int = 0  # audio/video sections: aiortc may hold an OS thread for each
+    tracks: int = 0  # audio/video sections: aiortc holds an OS thread for each when transcoding
     via: str = "ws"  # the protocol that opened it (ws or whip): only that protocol may act on it
     answer: str = ""  # the answer SDP: its ICE credentials name the ICE session (the WHIP ETag)
 

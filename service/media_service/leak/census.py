@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from media_service.leak.ownership import OwnerState, TaskOwnership
 
 #: Threads that aiortc starts per received track (``RTCRtpReceiver`` names them after the kind)
-#: and joins when the receiver stops. They grow with the sessions, like the sessions' tasks, so the
+#: and joins when the receiver stops; the service's forwarding echo starts none, its transcoding
+#: echo (``MEDIA_ECHO_MODE=transcode``) one per track. They grow with the sessions, like the sessions' tasks, so the
 #: decision leaves them out; a peer connection that leaks them also leaks its tasks, which count.
 SESSION_THREAD_NAMES = frozenset({"audio-decoder", "video-decoder"})
 
