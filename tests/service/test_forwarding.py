@@ -1,9 +1,11 @@
 """Forwarded echo against the real service process, with real aiortc peers that decode what comes
-back: VP8 and H.264 video and Opus audio, keyframes on request, a viewer that joins late, no
-decoder thread per track on the server; and ``MEDIA_ECHO_MODE=transcode`` still echoing as before.
+back: VP8 and H.264 video and Opus audio, keyframes on request, a viewer that joins late, lost
+packets resent on NACK, no decoder thread per track on the server; and
+``MEDIA_ECHO_MODE=transcode`` still echoing as before.
 
-The peers here see their echo's RTP before aiortc does (``Viewer``): to tell keyframes apart
-and, for the late joiner, to drop what arrives before it joins, as if it had not been there.
+The peers here see their echo's RTP before aiortc does (``Viewer``): to tell keyframes apart,
+to lose packets on purpose, and, for the late joiner, to drop what arrives before it joins, as if
+it had not been there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from tests.support.peers import ColourBars, SignalingClient
 
 #: A viewer must recover within this (the issue's bound), measured from its request or its join.
 RECOVERY_S = 1.0
+#: One echoed packet in this many is lost on purpose by the NACK test.
+LOSS_INTERVAL = 7
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,11 @@ class Viewer:
     keyframes: list[float] = field(default_factory=list)  # arrival times of echoed VP8 keyframes
     keyframe_requests: list[float] = field(default_factory=list)  # PLI/FIR received by our sender
     joined: asyncio.Event = field(default_factory=asyncio.Event)  # until set, the echo is dropped unseen
+    media_ssrc: int | None = None  # of the echoed video; retransmissions (RTX) come on another SSRC
+    lose: int = 0  # echoed video packets still to lose, one in every LOSS_INTERVAL
+    lost: set[int] = field(default_factory=set)  # sequence numbers lost on purpose
+    retransmitted: set[int] = field(default_factory=set)  # original sequence numbers that came again in RTX
+    seen: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     consumers: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -96,6 +105,16 @@ def make_viewer(*, video: str | None = "VP8", audio: bool = False, joined: bool 
         async def see(packet: RtpPacket, arrival_time_ms: int) -> None:
             if not viewer.joined.is_set():
                 return
+            if viewer.media_ssrc is None:
+                viewer.media_ssrc = packet.ssrc
+            if packet.ssrc != viewer.media_ssrc and len(packet.payload) >= 2:
+                viewer.retransmitted.add(int.from_bytes(packet.payload[:2], "big"))  # RFC 4588: the OSN first
+            elif packet.ssrc == viewer.media_ssrc:
+                viewer.seen += 1
+                if viewer.lose and viewer.seen % LOSS_INTERVAL == 0:
+                    viewer.lose -= 1
+                    viewer.lost.add(packet.sequence_number)
+                    return  # as if the network had lost it: aiortc asks for it again (NACK)
             if video == "VP8" and packet.payload and is_vp8_keyframe(packet.payload):
                 viewer.keyframes.append(time.monotonic())
             await handle(packet, arrival_time_ms)
@@ -223,6 +242,28 @@ async def _echo_flowing(viewer: Viewer) -> None:
         if any(getattr(s, "packetsReceived", 0) >= 60 for s in stats.values()):
             return
         await asyncio.sleep(0.05)
+
+
+async def test_lost_packets_are_retransmitted_on_nack(media: MediaProcess, no_leaks: None) -> None:
+    """The viewer loses echoed packets; its NACKs reach the service's sender, which resends them
+    from its history (as RTX), and the picture goes on decoding without a keyframe."""
+    client = await SignalingClient.connect(media.ws_url)
+    viewer = await open_viewer(client, make_viewer())
+    await viewer.wait_decoded("video", 30)
+    asked = relayed(media)
+    viewer.lose = 5
+    deadline = time.monotonic() + 20
+    while viewer.lose or not viewer.lost <= viewer.retransmitted:
+        assert time.monotonic() < deadline, f"lost {sorted(viewer.lost)}, resent {sorted(viewer.retransmitted)}"
+        await asyncio.sleep(0.02)
+    decoded = viewer.decoded["video"]
+    await viewer.wait_decoded("video", decoded + 30)
+    # No keyframe was asked for: the losses were repaired. (Keyframes may still come: aiortc's
+    # encoder restarts with one when the bandwidth estimate moves by more than 10 %.)
+    assert relayed(media) == asked, "the viewer needed a keyframe: the losses were not repaired"
+    await viewer.pc.close()
+    await client.close()
+    media.poll_metric("media_sessions_active", lambda v: v == 0)
 
 
 async def test_sessions_add_no_threads(media: MediaProcess, no_leaks: None) -> None:
