@@ -21,7 +21,8 @@ two ends and leaves the codecs out:
 
 A frame that cannot be queued (the sender has fallen ``QUEUE_FRAMES`` behind) empties the queue
 and asks for a keyframe, so the viewer resumes from a clean picture instead of decoding a stream
-with holes.
+with holes. Frames of a track no sender reads (a peer that only sends) are dropped as they come:
+aiortc's own path would queue every decoded picture for ever.
 
 This relies on aiortc internals, named in ``RECEIVER_INTERNALS`` and ``SENDER_INTERNALS``;
 ``tests/service/unit/test_relay.py`` checks each of them against the installed aiortc and fails
@@ -96,9 +97,11 @@ class ForwardedTrack(MediaStreamTrack):
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+        self.read = False  # a sender has asked for a frame: it sends what is queued
         self._queue: asyncio.Queue[Packet | None] = asyncio.Queue()
 
     async def recv(self) -> Packet:  # aiortc's senders take packets as well as frames
+        self.read = True
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()
@@ -124,6 +127,10 @@ class FrameSink:
             queue.put_nowait(None)
             return
         codec, frame = item
+        if not self.track.read:
+            # No sender reads this track (a peer that only sends: the answer says recvonly), and
+            # none will start in the middle of the stream: drop it, and ask for no keyframe.
+            return
         if queue.qsize() >= self.capacity:
             dropped = queue.qsize()
             while not queue.empty():

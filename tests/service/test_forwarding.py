@@ -81,12 +81,14 @@ class Viewer:
         return next(t.sender for t in self.pc.getTransceivers() if t.kind == "video")
 
 
-def make_viewer(*, video: str | None = "VP8", audio: bool = False, joined: bool = True) -> Viewer:
+def make_viewer(
+    *, video: str | None = "VP8", audio: bool = False, joined: bool = True, direction: str = "sendrecv"
+) -> Viewer:
     viewer = Viewer(RTCPeerConnection())
     if joined:
         viewer.joined.set()
     if video is not None:
-        transceiver = viewer.pc.addTransceiver(ColourBars(), direction="sendrecv")
+        transceiver = viewer.pc.addTransceiver(ColourBars(), direction=direction)
         wanted = ("video/" + video).lower()
         transceiver.setCodecPreferences(
             [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in (wanted, "video/rtx")]
@@ -261,6 +263,27 @@ async def test_lost_packets_are_retransmitted_on_nack(media: MediaProcess, no_le
     # No keyframe was asked for: the losses were repaired. (Keyframes may still come: aiortc's
     # encoder restarts with one when the bandwidth estimate moves by more than 10 %.)
     assert relayed(media) == asked, "the viewer needed a keyframe: the losses were not repaired"
+    await viewer.pc.close()
+    await client.close()
+    media.poll_metric("media_sessions_active", lambda v: v == 0)
+
+
+async def test_a_peer_that_only_sends_is_asked_for_no_keyframe(media: MediaProcess, no_leaks: None) -> None:
+    """Nothing sends its media back (the answer says recvonly): the service drops each frame as it
+    comes, queues none, and never asks the peer for a keyframe."""
+    client = await SignalingClient.connect(media.ws_url)
+    asked = relayed(media)
+    dropped = media.metric("media_forwarded_frames_dropped_total")
+    viewer = await open_viewer(client, make_viewer(direction="sendonly"))
+    assert "a=recvonly" in viewer.pc.remoteDescription.sdp
+    sender = viewer.video_sender()
+    deadline = time.monotonic() + 20
+    while not any(getattr(s, "packetsSent", 0) >= 150 for s in (await sender.getStats()).values()):  # > 64 frames
+        assert time.monotonic() < deadline, "the peer's video did not flow"
+        await asyncio.sleep(0.05)
+    assert viewer.keyframe_requests == []
+    assert relayed(media) == asked
+    assert media.metric("media_forwarded_frames_dropped_total") == dropped
     await viewer.pc.close()
     await client.close()
     media.poll_metric("media_sessions_active", lambda v: v == 0)

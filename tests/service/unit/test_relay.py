@@ -27,6 +27,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpDecodingParamet
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, RtpPacket
 
 from media_service.relay import (
+    QUEUE_FRAMES,
     RECEIVER_INTERNALS,
     SENDER_INTERNALS,
     Counters,
@@ -169,10 +170,13 @@ async def forwarded(
     await receiver.receive(parameters(codec))
     assert transport.registered == [receiver]
     assert decoder_threads() == threads, "forwarding started a decoder thread"
+    # The sender asks for its first frame before the receiver starts, as in RTCPeerConnection.
+    reading = asyncio.ensure_future(received(forwarding.track, len(frames) - (1 if kind == "video" else 4)))
+    while not forwarding.track.read:
+        await asyncio.sleep(0)
     for packet in rtp_packets(codec, frames):
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    out = await received(forwarding.track, len(frames) - (1 if kind == "video" else 4))
-    return out, receiver, transport, forwarding.track
+    return await reading, receiver, transport, forwarding.track
 
 
 # ----------------------------------------------------------------------------- aiortc's internals
@@ -279,15 +283,32 @@ async def test_a_sender_that_falls_behind_starts_over_at_a_keyframe(no_leaks: No
     receiver = new_receiver("video", transport)
     forwarding = forward(receiver, recorder.counters)
     await receiver.receive(parameters(VP8))
+    first = asyncio.ensure_future(forwarding.track.recv())  # a sender reads the track
+    while not forwarding.track.read:
+        await asyncio.sleep(0)
     for packet in rtp_packets(VP8, video_frames(2)):
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)  # the first frame is complete
+    await asyncio.wait_for(first, 5)
     sink = vars(receiver)["_RTCRtpReceiver__decoder_queue"]
     assert isinstance(sink, FrameSink)
     sink.capacity = 3
-    for timestamp in range(3):
+    for timestamp in range(4):  # the fourth finds three queued
         sink.put((VP8, JitterFrame(b"x", timestamp)))
     assert forwarding.track._queue.qsize() == 1 and recorder.dropped == [3]
     while not transport.plis():
         await asyncio.sleep(0)
     assert transport.plis() == [MEDIA_SSRC] and recorder.keyframes == ["relayed"]
+    await receiver.stop()
+
+
+async def test_frames_no_sender_reads_are_dropped_without_a_keyframe_request(no_leaks: None) -> None:
+    recorder = Recorder()
+    transport = Transport()
+    receiver = new_receiver("video", transport)
+    forwarding = forward(receiver, recorder.counters)
+    await receiver.receive(parameters(VP8))
+    for packet in rtp_packets(VP8, video_frames(QUEUE_FRAMES + 10)):
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+    assert forwarding.track._queue.qsize() == 0
+    assert recorder.dropped == [] and recorder.keyframes == [] and transport.plis() == []
     await receiver.stop()
