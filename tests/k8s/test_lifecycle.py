@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.k8s.test_install import helm, ready_media_pods, restricted_namespace
+from tests.k8s.release import helm, ready_media_pods, restricted_namespace
 from tests.support.chart import CHART
 from tests.support.kube_cluster import Cluster, poll
 from tests.support.kubelet import Kubelet
