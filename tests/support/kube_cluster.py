@@ -46,7 +46,7 @@ def binaries() -> Path | None:
     """Where .ci/install-k8s put the binaries, or None when they are not built."""
     cache = Path(os.environ.get("MEDIA_K8S_CACHE", Path.home() / ".cache" / "media-service" / "k8s"))
     folder = cache / K8S_VERSION
-    wanted = ("etcd", "kube-apiserver", "kube-controller-manager")
+    wanted = ("etcd", "kube-apiserver", "kube-controller-manager", "prometheus")
     return folder if all((folder / name).is_file() for name in wanted) else None
 
 
@@ -100,6 +100,7 @@ class Cluster:
     admin_token: str
     audit_log: Path
     kubeconfig: Path
+    bin_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def api(self, token: str | None = None) -> httpx.Client:
@@ -165,7 +166,7 @@ def start_cluster(workdir: Path, bin_dir: Path) -> Cluster:
     (workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
-    cluster = Cluster(workdir, server, ca, admin_token, workdir / "audit.log", workdir / "admin.kubeconfig")
+    cluster = Cluster(workdir, server, ca, admin_token, workdir / "audit.log", workdir / "admin.kubeconfig", bin_dir)
     cluster.kubeconfig_for(admin_token, cluster.kubeconfig)
     try:
         _start(
