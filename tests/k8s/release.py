@@ -5,6 +5,7 @@ API server's own records (Events and the audit log)."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,6 +88,8 @@ def installed(cluster: Cluster, namespace: str, values: dict[str, Any], folder: 
         yield namespace
     finally:
         helm(cluster, "uninstall", namespace, "--namespace", namespace, "--wait", "--timeout", "2m")
+        with cluster.api() as api:  # on a cluster of the user's, leave nothing behind
+            api.delete(f"/api/v1/namespaces/{namespace}")
 
 
 def pods(cluster: Cluster, namespace: str, selector: str = MEDIA) -> list[dict[str, Any]]:
@@ -118,15 +121,38 @@ def pool(pod: dict[str, Any]) -> str | None:
     return (pod["metadata"].get("labels") or {}).get(POOL)
 
 
-def admin_url(pod: dict[str, Any]) -> str:
-    return f"http://{pod['status']['podIP']}:9090"
+def admin(cluster: Cluster, pod: dict[str, Any], port: int = 9090) -> httpx.Client:
+    """A client of the pod's admin port: directly for the stand-in's pods (on this machine's
+    loopback, which the API server will not proxy to), through the API server's pod proxy for a
+    real cluster's (whose pod network this machine need not reach)."""
+    ip = pod["status"]["podIP"]
+    if ipaddress.ip_address(ip).is_loopback:
+        return httpx.Client(base_url=f"http://{ip}:{port}", timeout=5)
+    meta = pod["metadata"]
+    options = cluster.client_options()
+    options["base_url"] = f"{cluster.server}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{port}/proxy"
+    return httpx.Client(**options)
 
 
-def start_leak(pod: dict[str, Any], tasks: int = 300) -> None:
+def metric(cluster: Cluster, pod: dict[str, Any], name: str, port: int = 9090) -> float | None:
+    """The value of the unlabelled series ``name`` on the pod's /metrics, None if absent."""
+    with admin(cluster, pod, port) as client:
+        text = client.get("/metrics").text
+    values = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(values[0]) if values else None
+
+
+def start_leak(cluster: Cluster, pod: dict[str, Any], tasks: int = 300) -> None:
     """Once the pod's leak baseline is taken, make it leak ``tasks`` tasks (fault injection)."""
-    url = admin_url(pod)
-    poll(lambda: "media_goroutine_baseline -1" not in httpx.get(f"{url}/metrics", timeout=2).text, 30, "baseline")
-    assert httpx.post(f"{url}/debug/leak", params={"tasks": str(tasks)}, timeout=5).status_code == 200
+    poll(lambda: (metric(cluster, pod, "media_goroutine_baseline") or -1) > 0, 30, "the leak baseline")
+    with admin(cluster, pod) as client:
+        assert client.post("/debug/leak", params={"tasks": str(tasks)}).status_code == 200
+
+
+def ready_operators(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    """The release's operator pods that are Ready and not terminating."""
+    found = pods(cluster, namespace, "app.kubernetes.io/component=operator")
+    return [p for p in found if ready(p) and not p["metadata"].get("deletionTimestamp")]
 
 
 def events(cluster: Cluster, namespace: str, *reasons: str) -> list[dict[str, Any]]:

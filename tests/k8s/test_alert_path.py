@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.k8s.release import events, installed, pods, pool, ready_media_pods, start_leak, with_operator
+from tests.k8s.test_quarantine import every_media_pod_budget
 from tests.support.alertmanager import alertmanager_server, example_config
 from tests.support.kube_cluster import Cluster, poll
 from tests.support.kubelet import Kubelet
@@ -61,12 +62,12 @@ def scrape_configs(cluster: Cluster, namespace: str, token_file: Path) -> list[d
 
 @pytest.mark.timeout(240)
 def test_prometheus_discovers_the_pods_and_its_alert_makes_the_operator_quarantine(
-    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+    cluster: Cluster, stand_in: Kubelet, tmp_path: Path
 ) -> None:
     # An hour of confirmation: only the alert can lead to a quarantine within the test.
     with installed(cluster, "alerting", with_operator(confirmSeconds=3600), tmp_path) as namespace:
         serving = ready_media_pods(cluster, namespace, 2)
-        (operator,) = poll(lambda: [p for p in kubelet.running(namespace, "operator") if p.ready], 60, "operator")
+        (operator,) = poll(lambda: [p for p in stand_in.running(namespace, "operator") if p.ready], 90, "operator")
         discovery_token = tmp_path / "prometheus-token"
         discovery_token.write_text(prometheus_token(cluster, namespace))
         with cluster.api() as api:
@@ -91,24 +92,25 @@ def test_prometheus_discovers_the_pods_and_its_alert_makes_the_operator_quaranti
                 up = [t for t in prom.targets() if t["health"] == "up"]
                 return {t["labels"]["pod"]: t for t in up if t["labels"]["job"] == "media-service"}
 
-            targets = poll(lambda: len(scraped()) == 2 and scraped(), 60, "both media pods discovered and scraped")
+            targets = poll(lambda: len(scraped()) == 2 and scraped(), 90, "both media pods discovered and scraped")
             assert set(targets) == {p["metadata"]["name"] for p in serving}
             for pod in serving:
                 target = targets[pod["metadata"]["name"]]
                 assert target["scrapeUrl"] == f"http://{pod['status']['podIP']}:9090/metrics"
                 assert target["labels"]["namespace"] == namespace
                 assert target["labels"]["media_service_pool"] == "serving"
-            poll(lambda: [t for t in prom.targets() if t["labels"]["job"] == "media-operator"], 30, "the operator")
+            poll(lambda: [t for t in prom.targets() if t["labels"]["job"] == "media-operator"], 60, "the operator")
 
             name = serving[0]["metadata"]["name"]
-            start_leak(serving[0])
-            (firing,) = prom.wait_for_alert(LEAK, timeout=60)
+            every_media_pod_budget(cluster, namespace)  # keeps it in quarantine, and scraped, for the last check
+            start_leak(cluster, serving[0])
+            (firing,) = prom.wait_for_alert(LEAK, timeout=90)
             assert firing["labels"]["pod"] == name and firing["labels"]["namespace"] == namespace
 
             def quarantined() -> dict | None:
                 return next((p for p in pods(cluster, namespace) if p["metadata"]["name"] == name), None)
 
-            pod = poll(lambda: (found := quarantined()) and pool(found) == "quarantined" and found, 60, "quarantine")
+            pod = poll(lambda: (found := quarantined()) and pool(found) == "quarantined" and found, 90, "quarantine")
             assert "confirmed by alertmanager" in pod["metadata"]["annotations"]["media-service/quarantine-reason"]
             (event,) = events(cluster, namespace, "LeakQuarantined")
             assert event["involvedObject"]["name"] == name
@@ -118,6 +120,6 @@ def test_prometheus_discovers_the_pods_and_its_alert_makes_the_operator_quaranti
             # Still scraped in quarantine, now with its new pool: the drain is what people watch then.
             poll(
                 lambda: scraped().get(name, {}).get("labels", {}).get("media_service_pool") == "quarantined",
-                30,
+                60,
                 "the quarantined pod scraped with its pool label",
             )

@@ -5,7 +5,6 @@ evictions, sent to both, must get the same answers and leave the pod in the same
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,11 +73,7 @@ async def on_the_real_api(cluster: Cluster) -> list[dict[str, Any]]:
             json={"status": RUNNING},
             headers={"Content-Type": "application/merge-patch+json"},
         ).raise_for_status()
-    async with httpx.AsyncClient(
-        base_url=cluster.server,
-        verify=ssl.create_default_context(cafile=str(cluster.ca_file)),
-        headers={"Authorization": f"Bearer {cluster.admin_token}"},
-    ) as client:
+    async with httpx.AsyncClient(**cluster.client_options()) as client:
 
         async def refuse() -> None:
             budget = {
@@ -116,7 +111,9 @@ async def on_the_emulator() -> list[dict[str, Any]]:
             return await evictions_seen_by(client, refuse, allow)
 
 
-async def test_the_emulator_answers_evictions_as_the_real_api_server_does(cluster: Cluster, kubelet: Kubelet) -> None:
+async def test_the_emulator_answers_evictions_as_the_real_api_server_does(
+    cluster: Cluster, kubelet: Kubelet | None
+) -> None:
     real = await on_the_real_api(cluster)
     emulated = await on_the_emulator()
     assert real == [

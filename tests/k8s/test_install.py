@@ -20,7 +20,7 @@ RELEASE = "media"
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, kubelet: Kubelet) -> Iterator[str]:
+def release(cluster: Cluster, kubelet: Kubelet | None) -> Iterator[str]:
     restricted_namespace(cluster, NAMESPACE)
     installed = helm(cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--timeout", "2m")
     assert installed.returncode == 0, installed.stderr
@@ -48,15 +48,17 @@ def test_every_object_passes_strict_server_side_validation(cluster: Cluster, tmp
 
 
 def test_helm_install_runs_ready_media_pods_made_by_the_replicaset_controller(
-    cluster: Cluster, kubelet: Kubelet, release: str
+    cluster: Cluster, kubelet: Kubelet | None, release: str
 ) -> None:
     pods = ready_media_pods(cluster, NAMESPACE, 2)
     for pod in pods:
         (owner,) = pod["metadata"]["ownerReferences"]
         assert owner["kind"] == "ReplicaSet" and owner["controller"] is True
-        assert pod["spec"]["nodeName"] == kubelet.node
-        assert pod["status"]["podIP"].startswith("127.0.0.")
-    # The stand-in ran the real service with the pod's own environment: the chart's settings reached it.
-    running = kubelet.running(NAMESPACE)
-    assert {p.ip for p in running} == {p["status"]["podIP"] for p in pods}
-    assert not kubelet.errors, kubelet.errors
+    if kubelet is not None:
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == kubelet.node
+            assert pod["status"]["podIP"].startswith("127.0.0.")
+        # The stand-in ran the real service with the pod's own environment: the chart's settings reached it.
+        running = kubelet.running(NAMESPACE)
+        assert {p.ip for p in running} == {p["status"]["podIP"] for p in pods}
+        assert not kubelet.errors, kubelet.errors

@@ -28,7 +28,7 @@ def namespaced(cluster: Cluster, path: str) -> list[str]:
 
 
 def test_upgrade_keeps_generated_secrets_and_uninstall_leaves_nothing(
-    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+    cluster: Cluster, kubelet: Kubelet | None, tmp_path: Path
 ) -> None:
     restricted_namespace(cluster, NAMESPACE)
     assert helm(cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE).returncode == 0

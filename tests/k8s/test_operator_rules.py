@@ -7,21 +7,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.k8s.release import (
-    admin_url,
     auth_secret,
     events,
     evictions,
     installed,
+    metric,
     operator_calls,
     pod_names,
     pods,
     pool,
     quarantines,
     ready_media_pods,
+    ready_operators,
     start_leak,
     with_operator,
 )
@@ -36,7 +36,7 @@ POD_NAME = "authentication.kubernetes.io/pod-name"  # the audit log's record of 
 
 @pytest.mark.timeout(300)
 def test_a_budget_of_one_quarantines_three_leaking_pods_one_at_a_time(
-    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+    cluster: Cluster, kubelet: Kubelet | None, tmp_path: Path
 ) -> None:
     values = {**with_operator(maxQuarantined="1", stormFraction=1), "replicaCount": 4}
     with installed(cluster, "budget", values, tmp_path) as namespace:
@@ -44,7 +44,7 @@ def test_a_budget_of_one_quarantines_three_leaking_pods_one_at_a_time(
         budget = every_media_pod_budget(cluster, namespace)  # holds the first one in quarantine
         leaking = sorted(p["metadata"]["name"] for p in serving[:3])
         for pod in serving[:3]:
-            start_leak(pod)
+            start_leak(cluster, pod)
 
         def blocked() -> list[dict]:
             return [
@@ -76,7 +76,7 @@ def test_a_budget_of_one_quarantines_three_leaking_pods_one_at_a_time(
 
 @pytest.mark.timeout(240)
 async def test_a_restarted_operator_repeats_neither_the_quarantine_nor_the_eviction(
-    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+    cluster: Cluster, stand_in: Kubelet, tmp_path: Path
 ) -> None:
     # Budget 2, so that what holds the second leak back is the cooldown the new operator read back.
     values = with_operator(cooldownSeconds=300, maxQuarantined="2")
@@ -95,20 +95,22 @@ async def test_a_restarted_operator_repeats_neither_the_quarantine_nor_the_evict
         )
         peer = await open_session(client)
         try:
-            await asyncio.to_thread(poll, lambda: sessions(target) == 1, 20, "the session on the target pod")
-            await asyncio.to_thread(start_leak, target)
+            await asyncio.to_thread(
+                poll, lambda: metric(cluster, target, "media_sessions_active") == 1, 20, "the session on the pod"
+            )
+            await asyncio.to_thread(start_leak, cluster, target)
             await asyncio.to_thread(
                 poll, lambda: quarantines(operator_calls(cluster, namespace)) == [name], 60, "the quarantine"
             )
-            first = await asyncio.to_thread(poll, lambda: operator_pod(kubelet, namespace), 30, "the operator pod")
+            first = await asyncio.to_thread(poll, lambda: operator_pod(cluster, namespace), 30, "the operator pod")
             with cluster.api() as api:
                 api.delete(f"/api/v1/namespaces/{namespace}/pods/{first}").raise_for_status()
             second = await asyncio.to_thread(
-                poll, lambda: (pod := operator_pod(kubelet, namespace)) != first and pod, 90, "a new operator pod"
+                poll, lambda: (pod := operator_pod(cluster, namespace)) != first and pod, 90, "a new operator pod"
             )
             # The new operator decides (the cooldown it read back from the quarantined pod holds a new leak) ...
             serving = await asyncio.to_thread(ready_media_pods, cluster, namespace, 2)
-            await asyncio.to_thread(start_leak, serving[0])
+            await asyncio.to_thread(start_leak, cluster, serving[0])
 
             def cooled_down() -> list[dict]:
                 found = events(cluster, namespace, "LeakQuarantineBlocked")
@@ -133,13 +135,7 @@ async def test_a_restarted_operator_repeats_neither_the_quarantine_nor_the_evict
         assert other["metadata"]["name"] in pod_names(cluster, namespace)
 
 
-def sessions(pod: dict) -> float:
-    text = httpx.get(f"{admin_url(pod)}/metrics", timeout=2).text
-    (value,) = [line.split()[1] for line in text.splitlines() if line.startswith("media_sessions_active ")]
-    return float(value)
-
-
-def operator_pod(kubelet: Kubelet, namespace: str) -> str | None:
-    """The name of the release's operator pod that the stand-in runs and reports Ready."""
-    ready = [p.name for p in kubelet.running(namespace, "operator") if p.ready and p.deleting_since is None]
-    return ready[0] if len(ready) == 1 else None
+def operator_pod(cluster: Cluster, namespace: str) -> str | None:
+    """The name of the release's one Ready operator pod."""
+    ready = ready_operators(cluster, namespace)
+    return ready[0]["metadata"]["name"] if len(ready) == 1 else None
