@@ -75,6 +75,29 @@ table inet {table} {{
 """
         run(self.ip, "netns", "exec", self.name, self.nft, "-f", "-", input=rules)
 
+    def host_port(self, published: int, bound: int) -> None:
+        """Inside the namespace, what a hostPort does: UDP to ``published`` is forwarded (DNAT) to
+        ``bound``, replies leave from ``published``; ``bound`` itself cannot be reached from
+        outside, and the service cannot open flows of its own from it (as behind the node's NAT)."""
+        table = f"hostport_{self.name.replace('-', '_')}"
+        rules = f"""
+table ip {table} {{
+    chain guard {{
+        type filter hook prerouting priority -300; policy accept;
+        udp dport {bound} counter drop
+    }}
+    chain forward_port {{
+        type nat hook prerouting priority -100; policy accept;
+        udp dport {published} counter dnat ip to {self.inside}:{bound}
+    }}
+    chain replies_only {{
+        type filter hook output priority 0; policy accept;
+        udp sport {bound} ct state new counter drop
+    }}
+}}
+"""
+        run(self.ip, "netns", "exec", self.name, self.nft, "-f", "-", input=rules)
+
     def nft_list(self) -> str:
         return subprocess.run(
             [self.ip, "netns", "exec", self.name, self.nft, "list", "ruleset"],
