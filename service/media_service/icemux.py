@@ -313,7 +313,9 @@ class MuxTransport(asyncio.DatagramTransport):
             return
         self._closing = True
         self._mux.leave(self)
-        self.context.run(self._protocol.connection_lost, None)
+        # Directly, not in self.context: a close from inside a delivery would enter it twice.
+        # StunProtocol.connection_lost starts no task.
+        self._protocol.connection_lost(None)
 
     def abort(self) -> None:
         self.close()
