@@ -239,3 +239,41 @@ async def test_an_authenticated_session_cannot_take_another_sessions_address(
         await first.close()
         await second.close()
     assert table.is_empty()
+
+
+def test_receive_buffer_overflows_are_counted_from_the_socket() -> None:
+    """SO_RXQ_OVFL: the kernel's count of datagrams dropped on the socket rides on the next one read."""
+    overflows: list[int] = []
+    drops: list[str] = []
+    udp = UdpMux.bind(
+        "127.0.0.1",
+        0,
+        MuxCounters(dropped=drops.append, receive_buffer_errors=overflows.append),
+        receive_buffer=4096,  # the kernel's minimum or so: a few datagrams fit
+    )
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(200):  # nothing reads meanwhile
+            sender.sendto(b"\x80" + bytes(999), udp.sockname)
+        udp._readable()  # what the reader does when the socket is readable (a batch: more than fit)
+        received = len(drops)
+        assert 0 < received < 200 and set(drops) == {"unknown_address"}
+        # The count is stamped on each datagram as it is queued: the next one carries the drops.
+        sender.sendto(b"\x80" + bytes(999), udp.sockname)
+        udp._readable()
+        assert sum(overflows) == 200 - received
+    finally:
+        sender.close()
+        udp.close()
+
+
+async def test_an_ipv6_port_takes_ipv6_only() -> None:
+    try:
+        udp = UdpMux.bind("::1", 0, MuxCounters(), receive_buffer=1 << 20)
+    except OSError as exc:  # no IPv6 on this host
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        assert udp.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        assert udp.sockname[0] == "::1"
+    finally:
+        udp.close()
