@@ -35,6 +35,35 @@ def _addresses(raw: str) -> tuple[str, ...]:
     return items
 
 
+def parse_announced(raw: str) -> tuple[str, int | None]:
+    """``address`` or ``address:port`` (``[v6]:port``) -> (address, port or None)."""
+    text = raw.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else None
+        if rest and port is None:
+            raise ValueError(f"expected [address]:port, not {raw!r}")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    address = str(ipaddress.ip_address(host))
+    if port is None:
+        return address, None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535 in {raw!r}")
+    return address, int(port)
+
+
+def _announced(raw: str) -> tuple[tuple[str, int | None], ...]:
+    """comma-separated address or address:port ([v6]:port), at most one IPv4 and one IPv6"""
+    items = tuple(parse_announced(part) for part in raw.split(",") if part.strip())
+    versions = [ipaddress.ip_address(address).version for address, _ in items]
+    if len(set(versions)) != len(versions):
+        raise ValueError("expected at most one IPv4 and one IPv6 address")
+    return items
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     """comma-separated origins (https://host[:port]) or *"""
     items = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
@@ -280,6 +309,32 @@ class Settings:
         _addresses,
         "addresses offered as host ICE candidates (comma list); empty: every non-loopback address",
     )
+    ice_udp_port: int = setting(
+        "MEDIA_ICE_UDP_PORT",
+        0,
+        integer(0, 65535),
+        "one UDP port for the ICE of every session (host candidates, checks, DTLS, media); 0: a port per session",
+    )
+    ice_announced_addresses: tuple[tuple[str, int | None], ...] = setting(
+        "MEDIA_ICE_ANNOUNCED_ADDRESSES",
+        (),
+        _announced,
+        "with MEDIA_ICE_UDP_PORT: the host candidate clients reach (the node address; :port when a hostPort or "
+        "NodePort differs from the bound port); empty: the bound addresses",
+    )
+    ice_udp_receive_buffer: int = setting(
+        "MEDIA_ICE_UDP_RECEIVE_BUFFER",
+        4 << 20,
+        integer(65536, 1 << 30),
+        "SO_RCVBUF bytes asked for the shared ICE port (the kernel caps it at net.core.rmem_max)",
+    )
+    ice_unbundled: str = setting(
+        "MEDIA_ICE_UNBUNDLED",
+        "refuse",
+        choice("refuse", "fallback"),
+        "with MEDIA_ICE_UDP_PORT, an offer whose media sections do not share one BUNDLE transport: refuse "
+        "(bad_request) or fallback (the session binds its own ports, unreachable where only the one port is open)",
+    )
     allowed_origins: tuple[str, ...] = setting(
         "MEDIA_ALLOWED_ORIGINS",
         (),
@@ -367,6 +422,10 @@ def check(settings: Settings) -> Settings:
         raise SettingsError(
             "no keys to verify access tokens: set MEDIA_AUTH_SECRET_FILE and/or MEDIA_AUTH_JWKS_FILE, "
             "or MEDIA_DEV=1 for local development, or MEDIA_AUTH=none to turn authentication off"
+        )
+    if settings.ice_announced_addresses and not settings.ice_udp_port:
+        raise SettingsError(
+            "MEDIA_ICE_ANNOUNCED_ADDRESSES needs MEDIA_ICE_UDP_PORT: sessions have no one port to announce"
         )
     if settings.auth == "none" and settings.dev:
         raise SettingsError("MEDIA_DEV=1 needs MEDIA_AUTH=token: development mode mints tokens")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+
+import aioice.ice
 
 from media_common import logs
 from media_service.auth import AuthError, Identity, KeyFiles, Verifier, bearer
@@ -10,12 +13,14 @@ from media_service.bus import Bus, LocalBus, RedisBus, read_password
 from media_service.config import Settings
 from media_service.forward import Forwarder
 from media_service.hub import Hub
+from media_service.icemux import IceMux, MuxCounters, install
 from media_service.leak.detector import LeakDetector, LeakSettings
 from media_service.lifecycle import Lifecycle
 from media_service.metrics import ServiceMetrics
 from media_service.sessions import SessionManager
 
 log = logs.get("media_service.auth")
+ice_log = logs.get("media_service.icemux")
 
 
 def build_verifier(settings: Settings, dev_secret: bytes | None = None) -> Verifier | None:
@@ -64,6 +69,54 @@ class MediaService:
         )
         self.forwarder = Forwarder()
         self.sessions = SessionManager(settings, self.metrics, accepting=lambda: self.lifecycle.accepting)
+
+    def open_ice_mux(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the shared ICE port (MEDIA_ICE_UDP_PORT) on the host candidate addresses, and let
+        new sessions join it; nothing when the port is 0. OSError if it cannot be bound."""
+        settings, metrics = self.settings, self.metrics
+        if not settings.ice_udp_port or self.sessions.ice_mux is not None:
+            return
+        counters = MuxCounters(
+            dropped=lambda reason: metrics.ice_mux_drops.labels(reason=reason).inc(),
+            refused=lambda reason: metrics.ice_mux_claim_refusals.labels(reason=reason).inc(),
+            receive_buffer_errors=metrics.ice_mux_receive_buffer_errors.inc,
+        )
+        # The addresses aioice would offer (MEDIA_ICE_HOST_ADDRESSES, or every one it discovers).
+        hosts = list(settings.ice_host_addresses) or aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+        mux = IceMux.open(
+            settings.ice_udp_port,
+            hosts,
+            settings.ice_announced_addresses,
+            counters,
+            receive_buffer=settings.ice_udp_receive_buffer,
+        )
+        if not mux.muxes:
+            raise OSError(f"no address to bind MEDIA_ICE_UDP_PORT={settings.ice_udp_port} on")
+        install()
+        mux.start(loop)
+        metrics.ice_mux_sessions.set_function(lambda: mux.sessions)
+        metrics.ice_mux_addresses.set_function(lambda: mux.addresses)
+        self.sessions.ice_mux = mux
+        for udp in mux.muxes:
+            granted = udp.receive_buffer
+            ice_log.info(
+                "ice_mux_listening",
+                bound=f"{udp.sockname[0]}:{udp.sockname[1]}",
+                announced=f"{udp.announced[0]}:{udp.announced[1]}",
+                receive_buffer=granted,
+            )
+            if granted < settings.ice_udp_receive_buffer:  # Linux grants twice the request, up to rmem_max
+                ice_log.warning(
+                    "ice_mux_receive_buffer_capped",
+                    asked=settings.ice_udp_receive_buffer,
+                    granted=granted,
+                    detail="raise net.core.rmem_max on the node (docs/ice-mux.md)",
+                )
+
+    def close_ice_mux(self) -> None:
+        mux, self.sessions.ice_mux = self.sessions.ice_mux, None
+        if mux is not None:
+            mux.close()
 
     def authenticate(
         self,

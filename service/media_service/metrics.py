@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, generate_latest
 
 from media_common.metrics import new_registry
 from media_service.auth import REASONS as AUTH_REASONS
+from media_service.icemux import CLAIM_REFUSAL_REASONS, DROP_REASONS
 from media_service.leak.ownership import OwnerState
 
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
@@ -79,6 +80,36 @@ class ServiceMetrics:
         self.forwarded_frames_dropped = Counter(
             "media_forwarded_frames_dropped",
             "received frames dropped because the sender of the echo fell behind (the next keyframe resumes it)",
+            registry=r,
+        )
+        # The shared ICE port (MEDIA_ICE_UDP_PORT); exported, at 0, without it too.
+        self.ice_mux_sessions = Gauge(
+            "media_ice_mux_sessions", "sessions whose ICE runs on the shared UDP port", registry=r
+        )
+        self.ice_mux_addresses = Gauge(
+            "media_ice_mux_addresses", "remote addresses claimed by sessions on the shared UDP port", registry=r
+        )
+        self.ice_mux_drops = Counter(
+            "media_ice_mux_drops", "datagrams of the shared UDP port dropped, by reason", ["reason"], registry=r
+        )
+        for reason in DROP_REASONS:
+            self.ice_mux_drops.labels(reason=reason)
+        self.ice_mux_claim_refusals = Counter(
+            "media_ice_mux_claim_refusals",
+            "remote addresses a session was refused on the shared UDP port, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CLAIM_REFUSAL_REASONS:
+            self.ice_mux_claim_refusals.labels(reason=reason)
+        self.ice_mux_fallbacks = Counter(
+            "media_ice_mux_fallbacks",
+            "sessions given their own ports because their offer cannot share one (MEDIA_ICE_UNBUNDLED=fallback)",
+            registry=r,
+        )
+        self.ice_mux_receive_buffer_errors = Counter(
+            "media_ice_mux_receive_buffer_errors",
+            "datagrams the kernel dropped because the shared UDP port's receive buffer was full (SO_RXQ_OVFL)",
             registry=r,
         )
         # Public listener connections.

@@ -39,6 +39,7 @@ class OfferLimits:
 class OfferShape:
     sections: int
     tracks: int  # audio and video sections
+    bundled: bool = True  # one transport for every section: one section, or one BUNDLE group of all
 
 
 @dataclass
@@ -161,4 +162,5 @@ def check_offer(sdp: str, limits: OfferLimits) -> OfferShape:
         unknown = [mid for mid in bundle if mid not in mids]
         if unknown:  # aiortc would bundle onto a transport that does not exist
             raise OfferRefused(f"a=group:BUNDLE names {unknown[0][:32]!r}, the mid of no media section")
-    return OfferShape(len(sections), tracks)
+    bundled = len(sections) == 1 or any(mids <= set(bundle) for bundle in bundles)
+    return OfferShape(len(sections), tracks, bundled)

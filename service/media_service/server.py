@@ -75,6 +75,14 @@ class Runner:
         await service.leaks.start()  # first: every task from here on gets an owner state
         await service.bus.start()  # connects in the background: Redis down never delays serving
         sockets = [listen(settings.host, settings.port), listen(settings.admin_bind_host, settings.admin_port)]
+        try:
+            service.open_ice_mux(asyncio.get_running_loop())
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            raise ListenError(
+                f"cannot bind MEDIA_ICE_UDP_PORT={settings.ice_udp_port}: {exc.strerror or exc}"
+            ) from None
         # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 by
         # default; which proxies are trusted is MEDIA_TRUSTED_PROXIES' (media_service.connections).
         common: dict[str, Any] = {
@@ -152,6 +160,7 @@ class Runner:
                 loop.remove_signal_handler(signum)
             for sock in sockets:
                 sock.close()
+            service.close_ice_mux()
             await service.bus.stop()
             await service.forwarder.aclose()
             await service.leaks.stop()

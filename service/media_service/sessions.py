@@ -27,6 +27,7 @@ from media_service.config import Settings
 from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
 from media_service.ice import restrict_remote_addresses, rtc_configuration
+from media_service.icemux import IceMux, joining
 from media_service.leak.ownership import Owner, owned_by
 from media_service.memory import MemoryTrimmer, libc_trim
 from media_service.metrics import KEYFRAME_REQUEST_RESULTS, ServiceMetrics
@@ -157,6 +158,7 @@ class SessionManager:
         self._certificates = CertificateSource(settings.dtls_certificate_rotation)
         self._trimmer = MemoryTrimmer(libc_trim())  # closed sessions' memory back to the system
         self._closing: set[asyncio.Task[Any]] = set()
+        self.ice_mux: IceMux | None = None  # the shared ICE port, once the server has bound it
         self._shut = asyncio.Event()  # close_all ran: an offer answered after it must not become a session
         self.empty = asyncio.Event()
         self.empty.set()
@@ -198,7 +200,19 @@ class SessionManager:
             raise SessionLimit(
                 f"MEDIA_MAX_SESSIONS_PER_USER ({self._settings.max_sessions_per_user}) sessions held; close one first"
             )
-        tracks = check_offer(offer_sdp, self._limits)
+        tracks, bundled = check_offer(offer_sdp, self._limits)
+        mux = self.ice_mux
+        if mux is not None and not bundled:
+            # aiortc gives each unbundled section its own ICE transport under one ufrag: they
+            # cannot share the port, where the ufrag is what tells sessions apart.
+            if self._settings.ice_unbundled == "refuse":
+                raise BadRequest(
+                    "offer rejected: its media sections must share one transport (a=group:BUNDLE of every mid) "
+                    "to use the service's one ICE port (MEDIA_ICE_UDP_PORT)"
+                )
+            self._metrics.ice_mux_fallbacks.inc()
+            log.info("ice_mux_fallback", reason="unbundled offer")
+            mux = None
         if user is not None and not self._offer_bucket(user).take():
             # After the shape check (linear, cheap), before aiortc (the cost): a user looping
             # offer and bye, or WHIP POST and DELETE, gets answers at a bounded rate.
@@ -219,7 +233,7 @@ class SessionManager:
         self._per_user[user] = held + 1
         self.empty.clear()
         try:
-            with owned_by(owner):
+            with owned_by(owner), joining(mux):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
                 use_certificate(pc, self._certificates.current())
                 session = Session(session_id, pc, owner, user=user, tracks=tracks, via=via)
@@ -429,15 +443,17 @@ class SessionManager:
         return len(ids)
 
 
-def check_offer(sdp: Any, limits: OfferLimits) -> int:
-    """The offer's audio/video sections, or BadRequest: aiortc accepts nearly any text as an offer
-    and crashes on some, so its shape and size are checked first (``media_service.offer``)."""
+def check_offer(sdp: Any, limits: OfferLimits) -> tuple[int, bool]:
+    """The offer's audio/video sections and whether one transport carries all its sections, or
+    BadRequest: aiortc accepts nearly any text as an offer and crashes on some, so its shape and
+    size are checked first (``media_service.offer``)."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise BadRequest("offer needs a non-empty 'sdp' string")
     try:
-        return check_offer_shape(sdp, limits).tracks
+        shape = check_offer_shape(sdp, limits)
     except OfferRefused as exc:
         raise BadRequest(f"offer rejected: {exc}") from None
+    return shape.tracks, shape.bundled
 
 
 def parse_candidate(candidate: Any) -> RTCIceCandidate:

@@ -41,6 +41,7 @@ REQUIRED_ALERTS = {
     "MediaServiceFileDescriptorsNearLimit",
     "MediaServiceMemoryGrowth",
     "MediaServiceBusDown",
+    "MediaServiceIcePortOverflow",
     "MediaOperatorDown",
     "MediaOperatorQuarantineBlocked",
     "MediaOperatorScrapeFailures",

@@ -61,6 +61,7 @@ VARIANTS = {
 }
 #: What the kubelet provides in the pod: the pod IP (downward API) and Secret values.
 POD_IP = "10.1.2.3"
+HOST_IP = "192.0.2.10"
 PASSWORD = "from-the-secret"
 URL_IN_SECRET = "rediss://media:s3cret@redis.example.org:6380/0"
 
@@ -71,10 +72,13 @@ def plain_env(c: dict[str, Any]) -> dict[str, str]:
 
 def as_in_the_pod(c: dict[str, Any], tmp_path: Path) -> dict[str, str]:
     """The container's environment as the service sees it in the pod: the downward API's POD_IP
-    substituted into later values, a Secret's URL in MEDIA_REDIS_URL, the password file mounted."""
+    (and HOST_IP, the node's address) substituted into later values, a Secret's URL in
+    MEDIA_REDIS_URL, the password file mounted."""
     pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
     assert [e["name"] for e in c["env"] if e.get("valueFrom") == pod_ip] == ["POD_IP"]
-    env = {name: value.replace("$(POD_IP)", POD_IP) for name, value in plain_env(c).items()}
+    env = {
+        name: value.replace("$(POD_IP)", POD_IP).replace("$(HOST_IP)", HOST_IP) for name, value in plain_env(c).items()
+    }
     refs = {e["name"]: e["valueFrom"] for e in c["env"] if "valueFrom" in e and e["name"].startswith("MEDIA_")}
     if "MEDIA_REDIS_URL" in refs:
         assert "secretKeyRef" in refs.pop("MEDIA_REDIS_URL")
@@ -115,6 +119,8 @@ def test_service_loads_the_rendered_settings(variant: str, tmp_path: Path) -> No
         assert (settings.redis_url, settings.redis_password_file) == ("rediss://user@redis.example.org:6380/1", "")
     if variant == "one-replica":
         assert (settings.redis_url, settings.redis_password_file) == ("", "")
+    if values is ALL_ON:
+        assert (settings.ice_udp_port, settings.ice_announced_addresses) == (10000, ((HOST_IP, 10000),))
     if values is CHANGED:
         assert (settings.port, settings.admin_bind_host, settings.fault_injection) == (8443, "127.0.0.1", True)
         assert settings.ice_servers == ({"urls": ["stun:stun.example.org:3478"]},)

@@ -45,6 +45,9 @@ def test_panels_cover_the_issue() -> None:
         "media_bus_up",
         "media_bus_messages_total",
         "media_whip_forwards_total",
+        "media_ice_mux_sessions",
+        "media_ice_mux_drops_total",
+        "media_ice_mux_receive_buffer_errors_total",
     ):
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.k8s.test_install import helm, ready_media_pods, restricted_namespace
+from tests.k8s.release import helm, ready_media_pods, restricted_namespace
 from tests.support.chart import CHART
 from tests.support.kube_cluster import Cluster, poll
 from tests.support.kubelet import Kubelet
@@ -28,7 +28,7 @@ def namespaced(cluster: Cluster, path: str) -> list[str]:
 
 
 def test_upgrade_keeps_generated_secrets_and_uninstall_leaves_nothing(
-    cluster: Cluster, kubelet: Kubelet, tmp_path: Path
+    cluster: Cluster, kubelet: Kubelet | None, tmp_path: Path
 ) -> None:
     restricted_namespace(cluster, NAMESPACE)
     assert helm(cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE).returncode == 0

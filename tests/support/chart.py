@@ -21,6 +21,7 @@ NAMESPACE = "media"
 #: Every optional feature on, with the values people set first.
 ALL_ON: dict[str, Any] = {
     "hostNetwork": True,
+    "iceMux": {"enabled": True},
     "ice": {"servers": [{"urls": ["stun:stun.example.org:3478"]}]},
     "autoscaling": {"enabled": True},
     "networkPolicy": {"enabled": True},

@@ -4,9 +4,11 @@ What is added here (and documented in docs/operator.md):
 
 - discovery entries for ``v1/namespaces`` and ``apiextensions.k8s.io/v1/customresourcedefinitions``
   (kopf waits for both before it starts its watches) and the ``pods/eviction`` subresource;
-- the Eviction API: ``POST .../pods/{name}/eviction`` deletes the pod as the API server would
-  (through the emulator's own DELETE, so watchers get the DELETED event), or answers 429 like a
-  PodDisruptionBudget does, as many times as a test asks;
+- the Eviction API: ``POST .../pods/{name}/eviction`` deletes the pod gracefully, as the real API
+  server does (``tests/k8s/test_emulator_contract.py`` compares the two): the pod stays Terminating
+  (watchers see ``deletionTimestamp``) until the stand-in for the kubelet lets the deletion finish
+  ``termination_seconds`` later (watchers see DELETED); or it answers 429 like a PodDisruptionBudget
+  does, as many times as a test asks;
 - a kubeconfig pointing at the emulator, so the operator logs in the way it does on a laptop;
 - the list of (verb, group, resource) the operator sent, for the RBAC check.
 
@@ -38,6 +40,8 @@ MEDIA_LABELS = {
     "app.kubernetes.io/component": "media",
     "media-service/pool": "serving",
 }
+#: Held by an evicted pod while "the kubelet" stops it; the fixture's own, never the operator's.
+KUBELET_FINALIZER = "media-service.test/kubelet"
 _EVICTION_PATH = re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/eviction")
 
 #: Every (verb, api group, resource[/subresource]) any operator sent during this test session.
@@ -69,6 +73,8 @@ class Cluster:
     server: Server
     refuse_evictions: int = 0  # how many evictions answer 429 before one succeeds; -1 = always
     eviction_attempts: list[tuple[float, str, int]] = field(default_factory=list)  # (time, pod, status)
+    termination_seconds: float = 0.2  # an evicted pod's time in Terminating, as the kubelet stops it
+    _terminations: list[asyncio.Task[None]] = field(default_factory=list)
     _names: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -125,6 +131,18 @@ class Cluster:
         async with self.k8s.post(f"/api/v1/namespaces/{namespace}/pods", json=body) as response:
             assert response.status in (200, 201), await response.text()
         return name
+
+    async def _kubelet_stops(self, name: str, namespace: str) -> None:
+        """What the kubelet does after a graceful deletion: stop the pod, then let the deletion finish."""
+        await asyncio.sleep(self.termination_seconds)
+        pod = self.pod(name, namespace)
+        if pod is None:
+            return
+        left = [f for f in pod["metadata"].get("finalizers", []) if f != KUBELET_FINALIZER]
+        async with self.k8s.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}", json={"metadata": {"finalizers": left}}
+        ):
+            pass
 
     def pod(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
         """The pod as stored now, or None once deleted."""
@@ -183,12 +201,20 @@ class Cluster:
                     ]
                 },
             )
-        # An allowed eviction is a deletion done by the API server.
-        async with self.k8s.delete(f"/api/v1/namespaces/{namespace}/pods/{name}") as response:
+        # An allowed eviction is a graceful deletion: the pod stays, Terminating, until the kubelet
+        # has stopped it (a finalizer of the fixture's stands for that), as on a real API server.
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        pod = self.pod(name, namespace)
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            finalizers = [*pod["metadata"].get("finalizers", []), KUBELET_FINALIZER]
+            async with self.k8s.patch(path, json={"metadata": {"finalizers": finalizers}}):
+                pass
+        async with self.k8s.delete(path) as response:
             status = response.status
         self.eviction_attempts.append((time.monotonic(), name, 201 if status == 200 else status))
         if status == 404:
             raise KubernetesError(status=404, reason="NotFound", message=f'pods "{name}" not found')
+        self._terminations.append(asyncio.create_task(self._kubelet_stops(name, namespace)))
         return Response(
             status=201, payload={"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 201}
         )
@@ -226,6 +252,9 @@ async def cluster() -> AsyncIterator[Cluster]:
         try:
             yield state
         finally:
+            for task in state._terminations:
+                task.cancel()
+            await asyncio.gather(*state._terminations, return_exceptions=True)
             SESSION_CALLS.update((c.verb, c.group, c.resource) for c in state.operator_calls())
 
 

@@ -117,9 +117,11 @@ def start_media_service(
     port: int | None = None,
     admin_port: int | None = None,
     ready_timeout: float = 30.0,
+    wrap: list[str] | None = None,
 ) -> MediaProcess:
     """Start ``python -m media_service`` and wait until ``/ready`` answers 200. Ports are free ones
-    of ``host`` unless given (pods of one test share an admin port, each on its own address)."""
+    of ``host`` unless given (pods of one test share an admin port, each on its own address).
+    ``wrap`` prefixes the command (``ip netns exec NS`` runs it in a network namespace)."""
     port = port or free_port(host)
     admin_port = admin_port or free_port(host)
     full_env = {
@@ -141,7 +143,7 @@ def start_media_service(
     log_path = tmp_path / f"media-{host}-{port}.log"
     log_file = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "media_service", *(args or [])],
+        [*(wrap or []), sys.executable, "-m", "media_service", *(args or [])],
         env=full_env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

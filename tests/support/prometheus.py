@@ -136,10 +136,12 @@ def start_prometheus(
     alertmanager_urls: Sequence[str] = (),
     host: str = "127.0.0.1",
     ready_timeout: float = 30.0,
+    binary: str | None = None,
     **config_kwargs: Any,
 ) -> PrometheusServer:
-    """Start ``prometheus`` with the given scrape jobs and rules; returns once it is ready."""
-    binary = require_tool("prometheus")
+    """Start ``prometheus`` (Debian's, unless ``binary``) with the given scrape jobs and rules;
+    returns once it is ready."""
+    binary = binary or require_tool("prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(

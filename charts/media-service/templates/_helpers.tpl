@@ -216,3 +216,11 @@ bundled Redis. Empty when the media pods get no password file. */}}
 {{- fail (printf "%s=%d needs Redis between the media pods (each reaches users and WHIP sessions on the others through it), and none is set: set redis.url or redis.existingSecret (an external Redis), redis.bundled.enabled=true (one Redis in the release), or %s=1. See \"Replicas and Redis\" in the chart README." $key $count $key) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when the media pods run on the node's network: `hostNetwork`, or the one ICE port in
+`hostNetwork` mode; empty otherwise.
+*/}}
+{{- define "media-service.hostNetwork" -}}
+{{- if or .Values.hostNetwork (and .Values.iceMux.enabled (eq .Values.iceMux.mode "hostNetwork")) }}true{{ end }}
+{{- end }}
