@@ -97,7 +97,7 @@ async def on_the_real_api(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 async def on_the_emulator() -> list[dict[str, Any]]:
-    async with kube_emulator.cluster() as emulator:
+    async with kube_emulator.cluster(operator_calls=False) as emulator:
         emulator.termination_seconds = 30  # what is compared is the state right after the eviction
         async with emulator.k8s.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json=pod_body()) as created:
             assert created.status in (200, 201)
