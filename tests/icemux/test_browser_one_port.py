@@ -5,25 +5,19 @@ each check consent about every 5 s, and close the call after 30 s without an ans
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.icemux.conftest import MUX_PORT
-from tests.service.test_browser import CHROMIUM_FLAGS, DEADLINE_MS, chromium_processes, open_page, wait_stats
+from tests.service.test_browser import chromium, open_page, wait_stats
 from tests.support.media_process import media_service
 from tests.support.netns import Namespace
-from tests.support.tools import require_tool
 
-try:
-    from playwright.sync_api import BrowserContext, sync_playwright
-except ImportError:  # reported by browser_for() below
-    sync_playwright = None
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
 
 pytestmark = pytest.mark.browser
 
@@ -31,34 +25,10 @@ pytestmark = pytest.mark.browser
 HOLD_MS = 12_000
 
 
-@contextmanager
-def browser_for(origin: str) -> Iterator[BrowserContext]:
+def browser_for(origin: str) -> AbstractContextManager[BrowserContext]:
     """Chromium as in tests/service/test_browser.py, with ``origin`` (plain HTTP, not loopback)
     treated as secure so that the page may open the fake camera."""
-    chromium = require_tool("chromium", install="apt-get install chromium")
-    if sync_playwright is None:
-        message = "playwright is not installed (install it with: pip install -e '.[dev]')"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile_dir:
-        profile = Path(profile_dir)
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=chromium,
-                headless=True,
-                args=[*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"],
-                timeout=DEADLINE_MS,
-            )
-            try:
-                yield context
-            finally:
-                context.close()
-        deadline = time.monotonic() + 20
-        while (left := chromium_processes(profile)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not left, f"chromium processes left behind: {left}"
+    return chromium(f"--unsafely-treat-insecure-origin-as-secure={origin}")
 
 
 def test_chromium_media_flows_through_the_one_port_past_two_consent_rounds(pod: Namespace, tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,9 +72,11 @@ def chromium_processes(profile: Path) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def browser() -> Iterator[BrowserContext]:
-    chromium = require_tool("chromium", install="apt-get install chromium")
+@contextmanager
+def chromium(*flags: str, **options: Any) -> Iterator[BrowserContext]:
+    """Headless Debian Chromium with CHROMIUM_FLAGS and ``flags``; nothing of it may outlive the
+    block, nor hold its profile open."""
+    binary = require_tool("chromium", install="apt-get install chromium")
     if sync_playwright is None:
         message = "playwright is not installed (install it with: pip install -e '.[dev]')"
         if os.environ.get("CI"):
@@ -83,21 +87,26 @@ def browser() -> Iterator[BrowserContext]:
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
                 profile,
-                executable_path=chromium,
+                executable_path=binary,
                 headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1100, "height": 900},
+                args=[*CHROMIUM_FLAGS, *flags],
                 timeout=DEADLINE_MS,
+                **options,
             )
             try:
                 yield context
             finally:
                 context.close()
-        # Nothing of the browser may outlive the test, nor hold its profile open.
         deadline = time.monotonic() + 20
         while (left := chromium_processes(profile)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left, f"chromium processes left behind: {left}"
+
+
+@pytest.fixture
+def browser() -> Iterator[BrowserContext]:
+    with chromium(viewport={"width": 1100, "height": 900}) as context:
+        yield context
 
 
 #: Records the page's WebSockets and every message it sends, to check the protocol from outside.
