@@ -133,9 +133,11 @@ class Decider:
 
     def _last_quarantine(self, pods: list[PodView]) -> float | None:
         """When the newest quarantine happened, for the cooldown. It survives a restart through the
-        quarantined pods' own annotations."""
-        annotated = [p.quarantined_at for p in pods if p.quarantined and p.quarantined_at is not None]
-        times = [self._last_quarantine_at, *self._pending.values(), *annotated]
+        quarantined pods' own annotations, and what they told is kept once those pods are evicted."""
+        for pod in pods:
+            if pod.quarantined and pod.quarantined_at is not None:
+                self._confirmed(pod.quarantined_at)
+        times = [self._last_quarantine_at, *self._pending.values()]
         return max([t for t in times if t is not None], default=None)
 
     def _drop_alerts_of_non_serving(self, pods: list[PodView], serving: list[PodView]) -> None:

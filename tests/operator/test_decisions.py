@@ -219,6 +219,14 @@ def test_cooldown_recovered_from_annotations_after_restart():
     assert decider.decide(1300, fleet, r).actions == [Quarantine(key(1), Source.SCRAPE, 1000)]
 
 
+def test_cooldown_read_back_after_restart_outlives_the_quarantined_pod():
+    decider = Decider(rules(budget=Budget(count=2)))
+    r = readings(4, {1}) | {("ns", "q"): OK}
+    decider.decide(1000, [quarantined("q", at=1000), *pods(4)], r)
+    d = decider.decide(1120, pods(4), readings(4, {1}))  # the quarantined pod was evicted meanwhile
+    assert d.actions == [] and [(b.key, b.reason) for b in d.blocked] == [(key(1), BlockReason.COOLDOWN)]
+
+
 def test_storm_blocks_every_candidate():
     decider = Decider(rules())
     fleet = pods(4)
