@@ -73,6 +73,8 @@ RECEIVER_INTERNALS = (
 )
 #: What forwarding replaces in an ``RTCRtpSender``: ``_handle_rtcp_packet`` calls it on PLI and FIR.
 SENDER_INTERNALS = ("_send_keyframe",)
+#: What the replaced ``receive()`` calls on the receiver's ``RTCDtlsTransport``, as aiortc's does.
+TRANSPORT_INTERNALS = ("_register_rtp_receiver",)
 
 
 def _ignore(_: Any) -> None:

@@ -2,8 +2,8 @@
 transport, fed RTP packets that aiortc's own encoders and packetizers made.
 
 The first tests pin the aiortc internals forwarding relies on (``RECEIVER_INTERNALS``,
-``SENDER_INTERNALS``): an aiortc upgrade that renames or reshapes one fails here, naming it,
-before any echo test fails with frames that never arrive.
+``SENDER_INTERNALS``, ``TRANSPORT_INTERNALS``): an aiortc upgrade that renames or reshapes one
+fails here, naming it, before any echo test fails with frames that never arrive.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_decoder, get_encoder
 from aiortc.codecs.h264 import h264_depayload
 from aiortc.codecs.vpx import vp8_depayload
@@ -30,6 +30,7 @@ from media_service.relay import (
     QUEUE_FRAMES,
     RECEIVER_INTERNALS,
     SENDER_INTERNALS,
+    TRANSPORT_INTERNALS,
     Counters,
     ForwardedTrack,
     FrameSink,
@@ -200,6 +201,11 @@ async def test_the_sender_asks_for_a_keyframe_through_send_keyframe_on_pli_and_f
     for fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=sender._ssrc))
     assert asked == ["keyframe", "keyframe"], "aiortc's sender no longer calls _send_keyframe on PLI and FIR"
+
+
+def test_the_dtls_transport_still_registers_rtp_receivers() -> None:
+    missing = [name for name in TRANSPORT_INTERNALS if not hasattr(RTCDtlsTransport, name)]
+    assert not missing, f"aiortc's RTCDtlsTransport no longer has {missing}: update media_service/relay.py"
 
 
 async def test_a_started_receiver_cannot_be_forwarded(no_leaks: None) -> None:
