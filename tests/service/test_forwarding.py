@@ -236,13 +236,12 @@ async def test_a_viewer_that_joins_late_decodes_within_a_second(media: MediaProc
     media.poll_metric("media_sessions_active", lambda v: v == 0)
 
 
-async def _echo_flowing(viewer: Viewer) -> None:
+async def _echo_flowing(viewer: Viewer, timeout: float = 20.0) -> None:
     """Until the echo has been arriving (and dropped) for two seconds of frames."""
     receiver = viewer.video_receiver()
-    while True:
-        stats = await receiver.getStats()
-        if any(getattr(s, "packetsReceived", 0) >= 60 for s in stats.values()):
-            return
+    deadline = time.monotonic() + timeout
+    while not any(getattr(s, "packetsReceived", 0) >= 60 for s in (await receiver.getStats()).values()):
+        assert time.monotonic() < deadline, f"the echo did not flow within {timeout}s"
         await asyncio.sleep(0.05)
 
 
