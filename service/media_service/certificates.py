@@ -35,7 +35,6 @@ class ProcessCertificate(RTCCertificate):
 
     def __init__(self, key: Any, cert: Any) -> None:
         super().__init__(key, cert)
-        self.created = time.monotonic()
         self._fingerprints: list[RTCDtlsFingerprint] | None = None
         self._contexts: dict[tuple[Any, ...], Any] = {}
 
