@@ -9,13 +9,13 @@ Three servers, each a fresh real process on 127.0.0.1, one after the other for e
 Each gets ``--streams`` (8) video sessions at 30 fps, VP8, at 160x120 and at 640x480. The client
 peers (this process) must not be what limits the figures on a shared machine, so they neither
 encode nor decode: each sends a 2-second loop of frames encoded once, up front, by aiortc's own
-VP8 encoder (a keyframe, then 59 inter frames, of a moving picture), and takes the echo as the
-encoded frames the service's ``relay.forward`` hands on, counting them. The servers cannot tell:
-what arrives is ordinary VP8 over RTP.
+VP8 encoder (a keyframe, then 59 inter frames, of a moving picture), and takes the echo through
+the service's ``relay.forward`` (no decoder thread, no jitter buffer), counting the packets that
+end a frame (RTP marker bit). The servers cannot tell: what arrives is ordinary VP8 over RTP.
 
-Server CPU is the process's utime+stime from /proc over a fixed window (``--window``, 10 s) once
-every echo flows, less the same process's idle rate measured before the sessions: CPU time, not
-wall time, so that the other work on the machine slows it down without inflating it. The echoed
+Server CPU is the process's utime+stime from /proc (each also reported apart) over a fixed
+window (``--window``, 10 s) once every echo flows, less the same process's idle rate measured
+before the sessions: CPU time, not wall time, so that the other work on the machine slows it down without inflating it. The echoed
 frame rate is reported beside it (a server that cannot keep up shows fewer frames, not less CPU
 per frame: ``cpu_ms_per_echoed_frame``), and the load average says how contended the machine was.
 Threads and RSS per session are (held - idle) / streams.
@@ -51,6 +51,7 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import vp8_depayload
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from media_service.ice import restrict_host_addresses
 from media_service.relay import forward
@@ -77,7 +78,12 @@ def say(message: str) -> None:
 class ProcSample:
     threads: int
     rss_kb: int
-    cpu_ticks: int
+    user_ticks: int
+    system_ticks: int
+
+    @property
+    def cpu_ticks(self) -> int:
+        return self.user_ticks + self.system_ticks
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -88,7 +94,8 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(
         threads=int(fields["Threads"].strip()),
         rss_kb=int(fields["VmRSS"].split()[0]),
-        cpu_ticks=int(after_name[11]) + int(after_name[12]),
+        user_ticks=int(after_name[11]),
+        system_ticks=int(after_name[12]),
     )
 
 
@@ -160,19 +167,16 @@ def new_stream(frames: list[bytes]) -> Stream:
 
     @stream.pc.on("track")
     def on_track(remote: MediaStreamTrack) -> None:
-        # Take the echo as encoded frames (no decoder thread, no decode), and count them.
+        # Take the echo as packets (no decoder thread, no jitter buffer, no decode), and count its
+        # frames: the packets that end one (the marker bit).
         receiver = next(t.receiver for t in stream.pc.getTransceivers() if t.receiver.track is remote)
-        track = forward(receiver).track
+        handle = forward(receiver).handle_rtp_packet
 
-        async def count() -> None:
-            with contextlib.suppress(MediaStreamError):
-                while True:
-                    await track.recv()
-                    stream.echoed += 1
+        async def count(packet: RtpPacket, arrival_time_ms: int) -> None:
+            stream.echoed += packet.marker
+            await handle(packet, arrival_time_ms)
 
-        task = asyncio.ensure_future(count())
-        stream.tasks.add(task)
-        task.add_done_callback(stream.tasks.discard)
+        vars(receiver)["_handle_rtp_packet"] = count
 
     @stream.pc.on("connectionstatechange")
     def on_state() -> None:
@@ -255,12 +259,13 @@ async def running(name: str, workdir: Path) -> AsyncIterator[Server]:
 # ----------------------------------------------------------------------------- one measurement
 
 
-async def cpu_rate(pid: int, seconds: float) -> float:
-    """The process's CPU over ``seconds``, in % of one core."""
-    before, start = proc_sample(pid).cpu_ticks, time.monotonic()
+async def cpu_rate(pid: int, seconds: float) -> tuple[float, float]:
+    """The process's user and system CPU over ``seconds``, each in % of one core."""
+    before, start = proc_sample(pid), time.monotonic()
     await asyncio.sleep(seconds)
-    after, elapsed = proc_sample(pid).cpu_ticks, time.monotonic() - start
-    return (after - before) / CLK_TCK / elapsed * 100
+    after, elapsed = proc_sample(pid), time.monotonic() - start
+    scale = 100 / CLK_TCK / elapsed
+    return (after.user_ticks - before.user_ticks) * scale, (after.system_ticks - before.system_ticks) * scale
 
 
 async def measure(name: str, size: tuple[int, int], frames: list[bytes], streams: int, window: float) -> dict[str, Any]:
@@ -274,7 +279,7 @@ async def measure(name: str, size: tuple[int, int], frames: list[bytes], streams
             await server.close(warm)
             await asyncio.sleep(1.0)
             idle = proc_sample(server.pid)
-            idle_cpu = await cpu_rate(server.pid, min(window, 3.0))
+            idle_user, idle_system = await cpu_rate(server.pid, min(window, 3.0))
             held = [new_stream(frames) for _ in range(streams)]
             try:
                 await asyncio.gather(*(server.open(s) for s in held))
@@ -285,7 +290,7 @@ async def measure(name: str, size: tuple[int, int], frames: list[bytes], streams
                 sent_before = sum(s.track.sent for s in held)
                 client_before = own_cpu_seconds()
                 start = time.monotonic()
-                busy_cpu = await cpu_rate(server.pid, window)
+                busy_user, busy_system = await cpu_rate(server.pid, window)
                 elapsed = time.monotonic() - start
                 client_cpu = (own_cpu_seconds() - client_before) / elapsed * 100
                 echoed_fps = (sum(s.echoed for s in held) - echoed_before) / elapsed / streams
@@ -294,12 +299,15 @@ async def measure(name: str, size: tuple[int, int], frames: list[bytes], streams
             finally:
                 for s in held:
                     await server.close(s)
+    idle_cpu, busy_cpu = idle_user + idle_system, busy_user + busy_system
     per_stream = max(0.0, busy_cpu - idle_cpu) / streams
     return {
         "server": name,
         "size": f"{size[0]}x{size[1]}",
         "streams": streams,
         "cpu_pct_per_stream": round(per_stream, 3),
+        "cpu_user_pct_per_stream": round(max(0.0, busy_user - idle_user) / streams, 3),
+        "cpu_system_pct_per_stream": round(max(0.0, busy_system - idle_system) / streams, 3),
         "cpu_ms_per_echoed_frame": round(per_stream * 10 / echoed_fps, 3) if echoed_fps else None,
         "server_cpu_pct_idle": round(idle_cpu, 2),
         "server_cpu_pct_busy": round(busy_cpu, 2),

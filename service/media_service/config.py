@@ -291,7 +291,7 @@ class Settings:
         "MEDIA_ECHO_MODE",
         "forward",
         choice("forward", "transcode"),
-        "forward: echo the encoded frames the peer sends (no decode, no encode, no thread per track); transcode: "
+        "forward: echo the RTP packets the peer sends (no decode, no encode, no thread per track); transcode: "
         "decode and encode every frame again (aiortc's own path, for comparison)",
     )
     dtls_certificate_rotation: float = setting(

@@ -9,6 +9,7 @@ from media_common.metrics import new_registry
 from media_service.auth import REASONS as AUTH_REASONS
 from media_service.icemux import CLAIM_REFUSAL_REASONS, DROP_REASONS
 from media_service.leak.ownership import OwnerState
+from media_service.relay import DROP_REASONS as FORWARDED_DROP_REASONS
 
 CLOSE_REASONS = ("closed", "shutdown", "timeout", "failed")
 BUS_DIRECTIONS = ("out", "in")
@@ -77,11 +78,15 @@ class ServiceMetrics:
         )
         for result in KEYFRAME_REQUEST_RESULTS:
             self.keyframe_requests.labels(result=result)
-        self.forwarded_frames_dropped = Counter(
-            "media_forwarded_frames_dropped",
-            "received frames dropped because the sender of the echo fell behind (the next keyframe resumes it)",
+        self.forwarded_packets_dropped = Counter(
+            "media_forwarded_packets_dropped",
+            "received media packets not forwarded, by reason: codec (not one the sender negotiated), "
+            "srtp (failed SRTP authentication: a replay, or forged)",
+            ["reason"],
             registry=r,
         )
+        for reason in FORWARDED_DROP_REASONS:
+            self.forwarded_packets_dropped.labels(reason=reason)
         # The shared ICE port (MEDIA_ICE_UDP_PORT); exported, at 0, without it too.
         self.ice_mux_sessions = Gauge(
             "media_ice_mux_sessions", "sessions whose ICE runs on the shared UDP port", registry=r

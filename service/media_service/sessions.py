@@ -1,5 +1,5 @@
 """WebRTC sessions: one aiortc RTCPeerConnection each, echoing back whatever the peer sends
-(media as the encoded frames it sent, ``relay.py``, unless ``MEDIA_ECHO_MODE=transcode``).
+(media as the RTP packets it sent, ``relay.py``, unless ``MEDIA_ECHO_MODE=transcode``).
 
 Every session is bounded (remote ICE candidates, time to connect, time to close) and removed the
 moment its peer connection fails or closes. All its tasks, including the ones aiortc starts, are
@@ -152,7 +152,7 @@ class SessionManager:
         relayed = {result: metrics.keyframe_requests.labels(result=result) for result in KEYFRAME_REQUEST_RESULTS}
         self._relay_counters = Counters(
             keyframe_requests=lambda result: relayed[result].inc(),
-            frames_dropped=metrics.forwarded_frames_dropped.inc,
+            packets_dropped=lambda reason: metrics.forwarded_packets_dropped.labels(reason=reason).inc(),
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._certificates = CertificateSource(settings.dtls_certificate_rotation)

@@ -368,7 +368,8 @@ def test_browser_decodes_forwarded_h264(browser: BrowserContext, tmp_path: Path)
         stats = wait_stats(page, "s.framesDecoded >= 30", "echoed H.264 decodes")
         assert stats["framesDecoded"] >= 30
         assert page.evaluate(VIDEO_CODECS) == {"inbound-rtp": "video/H264", "outbound-rtp": "video/H264"}
-        assert media.metric("media_forwarded_frames_dropped_total") == 0
+        for reason in ("codec", "srtp"):
+            assert media.metric("media_forwarded_packets_dropped_total", {"reason": reason}) == 0
         page.get_by_role("button", name="Hang up").click()
         media.poll_metric("media_sessions_active", lambda v: v == 0, timeout=60)
         assert problems == [], problems

@@ -20,7 +20,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.mediastreams import AudioStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
 
 from tests.support.media_process import MediaProcess, media_service
 from tests.support.peers import ColourBars, SignalingClient
@@ -58,6 +58,7 @@ class Viewer:
     decoded: dict[str, int] = field(default_factory=lambda: {"audio": 0, "video": 0})
     keyframes: list[float] = field(default_factory=list)  # arrival times of echoed VP8 keyframes
     keyframe_requests: list[float] = field(default_factory=list)  # PLI/FIR received by our sender
+    bandwidth: list[int] = field(default_factory=list)  # REMB bitrates received for our sender's SSRC
     joined: asyncio.Event = field(default_factory=asyncio.Event)  # until set, the echo is dropped unseen
     media_ssrc: int | None = None  # of the echoed video; retransmissions (RTX) come on another SSRC
     lose: int = 0  # echoed video packets still to lose, one in every LOSS_INTERVAL
@@ -101,6 +102,16 @@ def make_viewer(
             force_keyframe()
 
         vars(sender)["_send_keyframe"] = keyframe_requested
+        handle_rtcp = sender._handle_rtcp_packet
+
+        async def see_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if sender._ssrc in ssrcs:
+                    viewer.bandwidth.append(bitrate)
+            await handle_rtcp(packet)
+
+        vars(sender)["_handle_rtcp_packet"] = see_rtcp
         receiver = transceiver.receiver
         handle = receiver._handle_rtp_packet
 
@@ -267,22 +278,38 @@ async def test_lost_packets_are_retransmitted_on_nack(media: MediaProcess, no_le
     media.poll_metric("media_sessions_active", lambda v: v == 0)
 
 
+async def test_the_viewers_bandwidth_estimate_reaches_the_sending_peer(media: MediaProcess, no_leaks: None) -> None:
+    """The service estimates no bandwidth itself: the viewer's REMB (aiortc's receiver sends one
+    from the echo's send times) comes back to the sending peer, naming the stream it sends."""
+    client = await SignalingClient.connect(media.ws_url)
+    viewer = await open_viewer(client, make_viewer())
+    await viewer.wait_decoded("video", 30)
+    deadline = time.monotonic() + 20
+    while not viewer.bandwidth:
+        assert time.monotonic() < deadline, "no bandwidth estimate reached the sending peer"
+        await asyncio.sleep(0.05)
+    assert all(bitrate > 0 for bitrate in viewer.bandwidth)
+    await viewer.pc.close()
+    await client.close()
+    media.poll_metric("media_sessions_active", lambda v: v == 0)
+
+
 async def test_a_peer_that_only_sends_is_asked_for_no_keyframe(media: MediaProcess, no_leaks: None) -> None:
-    """Nothing sends its media back (the answer says recvonly): the service drops each frame as it
-    comes, queues none, and never asks the peer for a keyframe."""
+    """Nothing sends its media back (the answer says recvonly): the service forwards nothing, drops
+    nothing for a codec, and never asks the peer for a keyframe."""
     client = await SignalingClient.connect(media.ws_url)
     asked = relayed(media)
-    dropped = media.metric("media_forwarded_frames_dropped_total")
+    dropped = media.metric("media_forwarded_packets_dropped_total", {"reason": "codec"})
     viewer = await open_viewer(client, make_viewer(direction="sendonly"))
     assert "a=recvonly" in viewer.pc.remoteDescription.sdp
     sender = viewer.video_sender()
     deadline = time.monotonic() + 20
-    while not any(getattr(s, "packetsSent", 0) >= 150 for s in (await sender.getStats()).values()):  # > 64 frames
+    while not any(getattr(s, "packetsSent", 0) >= 150 for s in (await sender.getStats()).values()):
         assert time.monotonic() < deadline, "the peer's video did not flow"
         await asyncio.sleep(0.05)
     assert viewer.keyframe_requests == []
     assert relayed(media) == asked
-    assert media.metric("media_forwarded_frames_dropped_total") == dropped
+    assert media.metric("media_forwarded_packets_dropped_total", {"reason": "codec"}) == dropped == 0
     await viewer.pc.close()
     await client.close()
     media.poll_metric("media_sessions_active", lambda v: v == 0)

@@ -1,201 +1,257 @@
-"""Forwarding (relay.py) without a network: real aiortc receivers and senders on a stand-in DTLS
-transport, fed RTP packets that aiortc's own encoders and packetizers made.
+"""Forwarding's aiortc glue (relay.py) without a network: real aiortc receivers and senders, a real
+aioice connection and protocol, real SRTP sessions; only the DTLS transport is stood in for, with
+the keys a handshake would have given it, and the socket under the nominated pair.
 
-The first tests pin the aiortc internals forwarding relies on (``RECEIVER_INTERNALS``,
-``SENDER_INTERNALS``, ``TRANSPORT_INTERNALS``): an aiortc upgrade that renames or reshapes one
-fails here, naming it, before any echo test fails with frames that never arrive.
+The first tests pin the aiortc and aioice internals forwarding relies on (the ``*_INTERNALS``
+tuples): an upgrade that renames or reshapes one fails here, naming it, before any echo test
+fails with packets that never arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
-import itertools
+import os
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
-import av
-import numpy as np
+import aioice
 import pytest
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
-from aiortc.codecs import get_decoder, get_encoder
-from aiortc.codecs.h264 import h264_depayload
-from aiortc.codecs.vpx import vp8_depayload
-from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpDecodingParameters, RTCRtpReceiveParameters
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, RtpPacket
+from aioice.ice import StunProtocol
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import State
+from aiortc.rtcrtpparameters import (
+    RTCRtcpParameters,
+    RTCRtpCodecParameters,
+    RTCRtpDecodingParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpRtxParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+from pylibsrtp import Policy, Session
 
 from media_service.relay import (
-    QUEUE_FRAMES,
+    CONNECTION_INTERNALS,
     RECEIVER_INTERNALS,
     SENDER_INTERNALS,
     TRANSPORT_INTERNALS,
     Counters,
-    ForwardedTrack,
-    FrameSink,
+    Forwarder,
     KeyframeRelay,
+    PacketHistory,
     forward,
-    relay_keyframe_requests,
 )
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)
-H264 = RTCRtpCodecParameters(
-    mimeType="video/H264",
-    clockRate=90000,
-    payloadType=99,
-    parameters={"packetization-mode": "1", "level-asymmetry-allowed": "1", "profile-level-id": "42e01f"},
-)
-OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=96)
-MEDIA_SSRC = 0x1234
+RTX = RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=98, parameters={"apt": 97})
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+EXTENSIONS = [
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+]
+EXTENSIONS_MAP = HeaderExtensionsMap()
+EXTENSIONS_MAP.configure(RTCRtpSendParameters(headerExtensions=EXTENSIONS))
+MEDIA_SSRC, RTX_SSRC, RTCP_SSRC = 0x1234, 0x5678, 0x9999
+PEER = ("127.0.0.1", 50000)
 
 
-class Transport:
-    """Stands in for an RTCDtlsTransport: records what the receiver registers and sends."""
+def srtp_pair() -> tuple[Session, Session]:
+    """An outbound and an inbound SRTP session on one key, as DTLS-SRTP gives each direction."""
+    key = os.urandom(30)
+    return (
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
+    )
 
-    state = "connected"
+
+class Socket:
+    """Stands in for the socket under the nominated pair: what is sent, decrypted as the viewer would."""
+
+    def __init__(self, viewer: Session) -> None:
+        self.viewer = viewer
+        self.sent: list[RtpPacket] = []
+
+    def sendto(self, data: bytes, address: Any) -> None:
+        assert address == PEER
+        self.sent.append(RtpPacket.parse(self.viewer.unprotect(data), EXTENSIONS_MAP))
+
+
+@dataclass
+class Pair:
+    protocol: Any
+    remote_addr: tuple[str, int] = PEER
+
+
+class Dtls:
+    """Stands in for a connected RTCDtlsTransport over a real aioice connection and protocol."""
+
     _stats_id = "transport"
+    state = "connected"
 
     def __init__(self) -> None:
-        self.registered: list[RTCRtpReceiver] = []
-        self.sent: list[bytes] = []
+        self._state = State.CONNECTED
+        self.peer, self._rx_srtp = srtp_pair()  # peer -> service
+        self._tx_srtp, viewer = srtp_pair()  # service -> viewer
+        self.socket = Socket(viewer)
+        connection = aioice.Connection(ice_controlling=False)
+        self.protocol = StunProtocol(connection)
+        self.protocol.connection_made(self.socket)  # type: ignore[arg-type]
+        self.protocol.local_candidate = aioice.Candidate("1", 1, "udp", 1, "127.0.0.1", 9, "host")
+        connection._protocols.append(self.protocol)
+        connection._nominated[1] = Pair(self.protocol)
+        self.transport = type("IceTransport", (), {"_connection": connection})()
+        self.rtcp: list[bytes] = []  # what aiortc sends through _send_rtp: RTCP, retransmissions
+        for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"):
+            setattr(self, f"_RTCDtlsTransport__{name}", 0)
 
-    def _register_rtp_receiver(self, receiver: RTCRtpReceiver, parameters: Any) -> None:
-        self.registered.append(receiver)
+    def _register_rtp_receiver(self, receiver: Any, parameters: Any) -> None:
+        return None
 
-    def _unregister_rtp_receiver(self, receiver: RTCRtpReceiver) -> None:
-        self.registered.remove(receiver)
+    def _unregister_rtp_receiver(self, receiver: Any) -> None:
+        return None
 
-    def _register_rtp_sender(self, sender: RTCRtpSender, parameters: Any) -> None:
+    def _register_rtp_sender(self, sender: Any, parameters: Any) -> None:
+        return None
+
+    def _unregister_rtp_sender(self, sender: Any) -> None:
         return None
 
     async def _send_rtp(self, data: bytes) -> None:
-        self.sent.append(data)
+        self.rtcp.append(data)
 
     def _get_stats(self) -> dict[str, Any]:
         return {}
 
-    def plis(self) -> list[int]:
-        """The media SSRCs of the PLIs sent so far."""
+    def queued(self) -> int:
+        """Datagrams left to aiortc's own way (the connection's queue, read by the DTLS task)."""
+        return int(self.transport._connection._queue.qsize())
+
+    def datagram(self, packet: RtpPacket) -> None:
+        """``packet`` arriving from the peer, encrypted, on the connection's socket."""
+        self.protocol.datagram_received(self.peer.protect(bytes(packet.serialize())), PEER)
+
+    def feedback(self, kind: type, fmt: int) -> list[Any]:
         return [
-            packet.media_ssrc
-            for data in self.sent
+            packet
+            for data in self.rtcp
+            if 191 < data[1] < 209
             for packet in RtcpPacket.parse(data)
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI
+            if isinstance(packet, kind) and packet.fmt == fmt
         ]
 
 
+@dataclass
 class Recorder:
-    def __init__(self) -> None:
-        self.keyframes: list[str] = []
-        self.dropped: list[int] = []
-        self.counters = Counters(keyframe_requests=self.keyframes.append, frames_dropped=self.dropped.append)
+    keyframes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(keyframe_requests=self.keyframes.append, packets_dropped=self.dropped.append)
 
 
-def new_receiver(kind: str, transport: Transport) -> RTCRtpReceiver:
-    from aiortc.rtcrtpreceiver import RemoteStreamTrack
-
-    receiver = RTCRtpReceiver(kind, transport)  # type: ignore[arg-type]
-    receiver._track = RemoteStreamTrack(kind=kind)  # as RTCPeerConnection does before the track event
-    receiver._set_rtcp_ssrc(0x9999)
-    return receiver
-
-
-def parameters(codec: RTCRtpCodecParameters) -> RTCRtpReceiveParameters:
-    return RTCRtpReceiveParameters(
-        codecs=[codec], encodings=[RTCRtpDecodingParameters(ssrc=MEDIA_SSRC, payloadType=codec.payloadType)]
-    )
-
-
-def video_frames(count: int, width: int = 160, height: int = 120) -> list[av.VideoFrame]:
-    frames = []
-    for index in range(count):
-        image = np.full((height, width, 3), (index * 37) % 255, np.uint8)
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts, frame.time_base = index * 3000, fractions.Fraction(1, 90000)
-        frames.append(frame)
-    return frames
-
-
-def audio_frames(count: int) -> list[av.AudioFrame]:
-    frames = []
-    for index in range(count):
-        samples = (np.sin(np.arange(960) / 10 + index) * 8000).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(
-            np.repeat(samples, 2, axis=0).T.reshape(1, -1), format="s16", layout="stereo"
-        )
-        frame.sample_rate, frame.pts, frame.time_base = 48000, index * 960, fractions.Fraction(1, 48000)
-        frames.append(frame)
-    return frames
-
-
-def rtp_packets(codec: RTCRtpCodecParameters, frames: list[Any], *, first_sequence: int = 1000) -> list[RtpPacket]:
-    """The RTP packets an aiortc sender would send for ``frames``, timestamps from 5000."""
-    encoder = get_encoder(codec)
-    packets = []
-    sequence = first_sequence
-    for frame in frames:
-        payloads, timestamp = encoder.encode(frame, False)
-        for index, payload in enumerate(payloads):
-            packet = RtpPacket(
-                payload_type=codec.payloadType,
-                sequence_number=sequence & 0xFFFF,
-                timestamp=(5000 + timestamp) & 0xFFFFFFFF,
-                ssrc=MEDIA_SSRC,
-                marker=int(index == len(payloads) - 1),
-            )
-            packet.payload = payload
-            packets.append(packet)
-            sequence += 1
-    return packets
-
-
-async def received(track: ForwardedTrack, count: int) -> list[Any]:
-    return [await asyncio.wait_for(track.recv(), 5) for _ in range(count)]
+def media_packet(
+    sequence: int, *, ssrc: int = MEDIA_SSRC, payload_type: int = 97, payload: bytes = b"\x10frame"
+) -> RtpPacket:
+    packet = RtpPacket(payload_type=payload_type, sequence_number=sequence, timestamp=3000 * sequence, ssrc=ssrc)
+    packet.payload = payload
+    return packet
 
 
 def decoder_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.endswith("-decoder"))
 
 
-async def forwarded(
-    codec: RTCRtpCodecParameters, frames: list[Any], kind: str = "video", recorder: Recorder | None = None
-) -> tuple[list[Any], RTCRtpReceiver, Transport, ForwardedTrack]:
-    """Feed the RTP of ``frames`` through a forwarding receiver; the packets its track returns.
-    A video frame is complete when the next one starts, so the last one stays in the jitter buffer,
-    and audio's buffer prefetches 4."""
-    transport = Transport()
-    receiver = new_receiver(kind, transport)
+@dataclass
+class Echo:
+    dtls: Dtls
+    receiver: RTCRtpReceiver
+    sender: RTCRtpSender
+    forwarder: Forwarder
+
+    async def stop(self) -> None:
+        await self.receiver.stop()
+        await self.sender.stop()
+
+
+async def echo(
+    *, codecs: tuple[RTCRtpCodecParameters, ...] = (VP8, RTX), send: bool = True, recorder: Recorder | None = None
+) -> Echo:
+    """A forwarding receiver and its sender, started as RTCPeerConnection starts them."""
+    dtls = Dtls()
+    kind = "audio" if codecs[0].mimeType.startswith("audio") else "video"
+    receiver = RTCRtpReceiver(kind, dtls)  # type: ignore[arg-type]
+    receiver._track = RemoteStreamTrack(kind=kind)  # as RTCPeerConnection does before the track event
+    receiver._set_rtcp_ssrc(RTCP_SSRC)
     threads = decoder_threads()
-    forwarding = forward(receiver, (recorder or Recorder()).counters)
-    await receiver.receive(parameters(codec))
-    assert transport.registered == [receiver]
+    forwarder = forward(receiver, (recorder or Recorder()).counters)
+    sender = RTCRtpSender(forwarder.track, dtls)  # type: ignore[arg-type]
+    forwarder.attach(sender)
+    if send:
+        await sender.send(
+            RTCRtpSendParameters(
+                codecs=[VP8, RTX] if kind == "video" else [OPUS],
+                headerExtensions=EXTENSIONS,
+                muxId="0",
+                rtcp=RTCRtcpParameters(cname="service", ssrc=sender._ssrc),
+            )
+        )
+    rtx = RTCRtpRtxParameters(ssrc=RTX_SSRC) if RTX in codecs else None
+    await receiver.receive(
+        RTCRtpReceiveParameters(
+            codecs=list(codecs),
+            headerExtensions=EXTENSIONS,
+            encodings=[RTCRtpDecodingParameters(ssrc=MEDIA_SSRC, payloadType=codecs[0].payloadType, rtx=rtx)],
+        )
+    )
     assert decoder_threads() == threads, "forwarding started a decoder thread"
-    # The sender asks for its first frame before the receiver starts, as in RTCPeerConnection.
-    reading = asyncio.ensure_future(received(forwarding.track, len(frames) - (1 if kind == "video" else 4)))
-    while not forwarding.track.read:
-        await asyncio.sleep(0)
-    for packet in rtp_packets(codec, frames):
-        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    return await reading, receiver, transport, forwarding.track
+    return Echo(dtls, receiver, sender, forwarder)
 
 
-# ----------------------------------------------------------------------------- aiortc's internals
+# ----------------------------------------------------------------------------- aiortc's and aioice's internals
 
 
-def test_the_receiver_internals_forwarding_relies_on_exist() -> None:
-    receiver = RTCRtpReceiver("video", Transport())  # type: ignore[arg-type]
+async def test_the_receiver_internals_forwarding_relies_on_exist() -> None:
+    receiver = RTCRtpReceiver("video", Dtls())  # type: ignore[arg-type]
     attributes = set(vars(receiver)) | set(dir(receiver))
     missing = [name for name in RECEIVER_INTERNALS if name not in attributes]
     assert not missing, f"aiortc's RTCRtpReceiver no longer has {missing}: update media_service/relay.py"
-    assert vars(receiver)["_RTCRtpReceiver__decoder_thread"] is None
     assert vars(receiver)["_RTCRtpReceiver__started"] is False
 
 
-async def test_the_sender_asks_for_a_keyframe_through_send_keyframe_on_pli_and_fir() -> None:
-    sender = RTCRtpSender("video", Transport())  # type: ignore[arg-type]
-    missing = [name for name in SENDER_INTERNALS if not hasattr(sender, name)]
+async def test_the_sender_internals_forwarding_relies_on_exist() -> None:
+    sender = RTCRtpSender("video", Dtls())  # type: ignore[arg-type]
+    attributes = set(vars(sender)) | set(dir(sender))
+    missing = [name for name in SENDER_INTERNALS if name not in attributes]
     assert not missing, f"aiortc's RTCRtpSender no longer has {missing}: update media_service/relay.py"
+
+
+async def test_the_transport_and_connection_internals_forwarding_relies_on_exist() -> None:
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    missing = [name for name in TRANSPORT_INTERNALS if name not in set(vars(dtls)) | set(dir(dtls))]
+    assert not missing, f"aiortc's RTCDtlsTransport no longer has {missing}: update media_service/relay.py"
+    connection = dtls.transport._connection
+    missing = [name for name in CONNECTION_INTERNALS if name not in set(vars(connection)) | set(dir(connection))]
+    assert not missing, f"aioice's Connection no longer has {missing}: update media_service/relay.py"
+
+
+async def test_the_sender_asks_for_a_keyframe_through_send_keyframe_on_pli_and_fir() -> None:
+    sender = RTCRtpSender("video", Dtls())  # type: ignore[arg-type]
     asked: list[str] = []
     vars(sender)["_send_keyframe"] = lambda: asked.append("keyframe")
     for fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
@@ -203,15 +259,22 @@ async def test_the_sender_asks_for_a_keyframe_through_send_keyframe_on_pli_and_f
     assert asked == ["keyframe", "keyframe"], "aiortc's sender no longer calls _send_keyframe on PLI and FIR"
 
 
-def test_the_dtls_transport_still_registers_rtp_receivers() -> None:
-    missing = [name for name in TRANSPORT_INTERNALS if not hasattr(RTCDtlsTransport, name)]
-    assert not missing, f"aiortc's RTCDtlsTransport no longer has {missing}: update media_service/relay.py"
+async def test_the_sender_answers_a_nack_from_the_packet_history() -> None:
+    dtls = Dtls()
+    sender = RTCRtpSender("video", dtls)  # type: ignore[arg-type]
+    history = PacketHistory(vars(sender)["_RTCRtpSender__rtp_header_extensions_map"])
+    vars(sender)["_RTCRtpSender__rtp_history"] = history
+    history.put(70000 % 65536, media_packet(70000 % 65536, ssrc=sender._ssrc).serialize())
+    await sender._retransmit(70000 % 65536 + 128)  # the same slot, another packet: nothing
+    assert dtls.rtcp == []
+    await sender._retransmit(70000 % 65536)
+    assert [RtpPacket.parse(d).sequence_number for d in dtls.rtcp] == [70000 % 65536]
 
 
 async def test_a_started_receiver_cannot_be_forwarded(no_leaks: None) -> None:
-    transport = Transport()
-    receiver = new_receiver("video", transport)
-    await receiver.receive(parameters(VP8))  # aiortc's own: starts a decoder thread
+    receiver = RTCRtpReceiver("video", Dtls())  # type: ignore[arg-type]
+    receiver._track = RemoteStreamTrack(kind="video")
+    await receiver.receive(RTCRtpReceiveParameters(codecs=[VP8]))  # aiortc's own: starts a decoder thread
     with pytest.raises(RuntimeError, match="started"):
         forward(receiver)
     await receiver.stop()
@@ -220,101 +283,126 @@ async def test_a_started_receiver_cannot_be_forwarded(no_leaks: None) -> None:
 # ----------------------------------------------------------------------------- the media path
 
 
-@pytest.mark.parametrize(("codec", "depayload"), [(VP8, vp8_depayload), (H264, h264_depayload)], ids=["VP8", "H264"])
-async def test_video_is_forwarded_encoded_and_decodes_after_repacketizing(
-    codec: RTCRtpCodecParameters, depayload: Any, no_leaks: None
-) -> None:
-    frames = video_frames(12)
-    packets, receiver, _, _ = await forwarded(codec, frames)
-    # Timestamps from 0 in the RTP clock (the sender adds its own origin), one frame per 1/30 s.
-    assert packets[0].pts == 0
-    assert all(2990 < b.pts - a.pts < 3010 for a, b in itertools.pairwise(packets))
-    assert all(p.time_base == fractions.Fraction(1, 90000) for p in packets)
-    # What the service's sender sends for them decodes, picture by picture, at the size sent.
-    sender_side, decoder = get_encoder(codec), get_decoder(codec)
-    decoded = []
-    for packet in packets:
-        payloads, timestamp = sender_side.pack(packet)
-        assert timestamp == packet.pts
-        data = b"".join(depayload(payload) for payload in payloads)
-        decoded += decoder.decode(JitterFrame(data, timestamp))
-    assert [(f.width, f.height) for f in decoded] == [(160, 120)] * 11
-    await receiver.stop()
+async def test_packets_are_forwarded_as_the_senders_and_then_take_the_fast_path(no_leaks: None) -> None:
+    e = await echo()
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)  # aiortc's way, the first time
+    e.dtls.datagram(media_packet(11))  # from now on, straight from the socket
+    e.dtls.datagram(media_packet(12, ssrc=0x4444))  # an SSRC not routed: left to aiortc
+    assert e.dtls.queued() == 1
+    sent = e.dtls.socket.sent
+    assert [p.ssrc for p in sent] == [e.sender._ssrc] * 2
+    assert [p.payload_type for p in sent] == [97, 97]
+    assert [p.payload for p in sent] == [b"\x10frame"] * 2
+    assert sent[1].sequence_number == (sent[0].sequence_number + 1) & 0xFFFF
+    assert sent[1].timestamp == (sent[0].timestamp + 3000) & 0xFFFFFFFF
+    assert [p.extensions.mid for p in sent] == ["0", "0"]
+    # What the RTCP reports say on both sides counts the forwarded packets.
+    sender_stats = next(s for s in (await e.sender.getStats()).values() if s.type == "outbound-rtp")
+    assert (sender_stats.packetsSent, sender_stats.bytesSent) == (2, 2 * len(b"\x10frame"))
+    receiver_stats = vars(e.receiver)["_RTCRtpReceiver__remote_streams"][MEDIA_SSRC]
+    assert receiver_stats.packets_received == 2
+    assert vars(e.dtls)["_RTCDtlsTransport__rx_packets"] == 1  # the fast path's one
+    await e.stop()
+    e.dtls.datagram(media_packet(13))  # a stopped receiver's SSRC is no longer routed
+    assert len(sent) == 2 and e.dtls.queued() == 2
 
 
-async def test_opus_is_forwarded_packet_for_packet(no_leaks: None) -> None:
-    frames = audio_frames(10)
-    encoder = get_encoder(OPUS)
-    sent = [encoder.encode(frame, False)[0] for frame in audio_frames(10)]
-    packets, receiver, _, _ = await forwarded(OPUS, frames, kind="audio")
-    assert [bytes(p) for p in packets] == [payloads[0] for payloads in sent[:6]]
-    assert [p.pts for p in packets] == [i * 960 for i in range(6)]
-    assert all(p.time_base == fractions.Fraction(1, 48000) for p in packets)
-    await receiver.stop()
+async def test_a_forged_packet_is_counted_and_goes_nowhere(no_leaks: None) -> None:
+    recorder = Recorder()
+    e = await echo(recorder=recorder)
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
+    forged = bytearray(e.dtls.peer.protect(bytes(media_packet(11).serialize())))
+    forged[-1] ^= 1  # the authentication tag no longer matches
+    e.dtls.protocol.datagram_received(bytes(forged), PEER)
+    assert len(e.dtls.socket.sent) == 1 and e.dtls.queued() == 0
+    assert recorder.dropped == ["srtp"]
+    await e.stop()
 
 
-async def test_stopping_the_receiver_ends_the_forwarded_track(no_leaks: None) -> None:
-    _, receiver, transport, track = await forwarded(VP8, video_frames(3))
-    await receiver.stop()
-    assert transport.registered == []
-    with pytest.raises(MediaStreamError):  # the last frame never completed: the end comes next
-        await asyncio.wait_for(track.recv(), 5)
-    assert track.readyState == "ended"
+async def test_a_codec_the_sender_did_not_negotiate_is_dropped_and_counted(no_leaks: None) -> None:
+    recorder = Recorder()
+    h264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+    e = await echo(codecs=(VP8, h264), recorder=recorder)
+    await e.receiver._handle_rtp_packet(media_packet(10, payload_type=102), arrival_time_ms=0)
+    assert e.dtls.socket.sent == [] and recorder.dropped == ["codec"]
+    await e.stop()
 
 
-# ----------------------------------------------------------------------------- keyframes
+async def test_a_retransmission_is_forwarded_as_the_packet_it_repairs_and_losses_are_nacked(no_leaks: None) -> None:
+    e = await echo()
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
+    e.dtls.datagram(media_packet(13))  # 11 and 12 lost on the way in
+    nacks = e.dtls.feedback(RtcpRtpfbPacket, RTCP_RTPFB_NACK)
+    while not nacks:  # the NACK goes out in a task of its own
+        await asyncio.sleep(0)
+        nacks = e.dtls.feedback(RtcpRtpfbPacket, RTCP_RTPFB_NACK)
+    assert [(n.media_ssrc, n.lost) for n in nacks] == [(MEDIA_SSRC, [11, 12])]
+    rtx = media_packet(0, ssrc=RTX_SSRC, payload_type=98, payload=(11).to_bytes(2, "big") + b"\x10again")
+    await e.receiver._handle_rtp_packet(rtx, arrival_time_ms=0)  # RTX comes aiortc's way first too
+    sent = e.dtls.socket.sent
+    assert [p.sequence_number - sent[0].sequence_number for p in sent] == [0, 3, 1]  # in the gap
+    assert (sent[2].ssrc, sent[2].payload_type, sent[2].payload) == (e.sender._ssrc, 97, b"\x10again")
+    await e.stop()
+
+
+async def test_a_peer_that_only_sends_gets_nothing_sent_and_no_keyframe_request(no_leaks: None) -> None:
+    recorder = Recorder()
+    e = await echo(send=False, recorder=recorder)
+    for sequence in range(10, 20):
+        await e.receiver._handle_rtp_packet(media_packet(sequence), arrival_time_ms=0)
+    assert e.dtls.socket.sent == [] and recorder == Recorder()
+    assert vars(e.receiver)["_RTCRtpReceiver__remote_streams"][MEDIA_SSRC].packets_received == 10  # still reported
+    await e.receiver.stop()
+
+
+async def test_stopping_the_receiver_ends_the_senders_track(no_leaks: None) -> None:
+    e = await echo()
+    await e.receiver.stop()
+    assert e.forwarder.track.readyState == "ended"
+    await e.sender.stop()
+
+
+# ----------------------------------------------------------------------------- what the viewer asks for
 
 
 async def test_a_viewers_keyframe_request_becomes_a_pli_to_the_sending_peer(no_leaks: None) -> None:
     recorder = Recorder()
-    _, receiver, transport, _ = await forwarded(VP8, video_frames(3), recorder=recorder)
-    now = 100.0
-    keyframes = KeyframeRelay(receiver, recorder.counters, holdoff=0.25, clock=lambda: now)
-    sender = RTCRtpSender("video", Transport())  # type: ignore[arg-type]
-    relay_keyframe_requests(sender, keyframes)
-    await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc))
-    await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=sender._ssrc))
-    now = 100.3
-    await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=sender._ssrc))
-    while len(transport.plis()) < 2:
+    e = await echo(recorder=recorder)
+    await e.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=e.sender._ssrc))
+    assert recorder.keyframes == ["coalesced"]  # nothing received yet: the first frame is a keyframe anyway
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
+    await e.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=e.sender._ssrc))
+    while not e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_PLI):
         await asyncio.sleep(0)
-    assert transport.plis() == [MEDIA_SSRC, MEDIA_SSRC]
-    assert recorder.keyframes == ["relayed", "coalesced", "relayed"]
-    await receiver.stop()
+    assert [p.media_ssrc for p in e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_PLI)] == [MEDIA_SSRC]
+    assert recorder.keyframes == ["coalesced", "relayed"]
+    await e.stop()
 
 
-async def test_a_sender_that_falls_behind_starts_over_at_a_keyframe(no_leaks: None) -> None:
-    recorder = Recorder()
-    transport = Transport()
-    receiver = new_receiver("video", transport)
-    forwarding = forward(receiver, recorder.counters)
-    await receiver.receive(parameters(VP8))
-    first = asyncio.ensure_future(forwarding.track.recv())  # a sender reads the track
-    while not forwarding.track.read:
+async def test_keyframe_requests_within_the_holdoff_are_coalesced(no_leaks: None) -> None:
+    recorder, now, sent = Recorder(), [100.0], []
+
+    class Receiver:
+        async def _send_rtcp_pli(self, ssrc: int) -> None:
+            sent.append(ssrc)
+
+    keyframes = KeyframeRelay(Receiver(), lambda: MEDIA_SSRC, recorder.counters, holdoff=0.25, clock=lambda: now[0])  # type: ignore[arg-type]
+    keyframes.request()
+    keyframes.request()
+    now[0] = 100.3
+    keyframes.request()
+    while len(sent) < 2:
         await asyncio.sleep(0)
-    for packet in rtp_packets(VP8, video_frames(2)):
-        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)  # the first frame is complete
-    await asyncio.wait_for(first, 5)
-    sink = vars(receiver)["_RTCRtpReceiver__decoder_queue"]
-    assert isinstance(sink, FrameSink)
-    sink.capacity = 3
-    for timestamp in range(4):  # the fourth finds three queued
-        sink.put((VP8, JitterFrame(b"x", timestamp)))
-    assert forwarding.track._queue.qsize() == 1 and recorder.dropped == [3]
-    while not transport.plis():
-        await asyncio.sleep(0)
-    assert transport.plis() == [MEDIA_SSRC] and recorder.keyframes == ["relayed"]
-    await receiver.stop()
+    assert sent == [MEDIA_SSRC, MEDIA_SSRC] and recorder.keyframes == ["relayed", "coalesced", "relayed"]
 
 
-async def test_frames_no_sender_reads_are_dropped_without_a_keyframe_request(no_leaks: None) -> None:
-    recorder = Recorder()
-    transport = Transport()
-    receiver = new_receiver("video", transport)
-    forwarding = forward(receiver, recorder.counters)
-    await receiver.receive(parameters(VP8))
-    for packet in rtp_packets(VP8, video_frames(QUEUE_FRAMES + 10)):
-        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    assert forwarding.track._queue.qsize() == 0
-    assert recorder.dropped == [] and recorder.keyframes == [] and transport.plis() == []
-    await receiver.stop()
+async def test_the_viewers_bandwidth_estimate_goes_to_the_sending_peer(no_leaks: None) -> None:
+    e = await echo()
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
+    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(350_000, [e.sender._ssrc]))
+    await e.sender._handle_rtcp_packet(remb)
+    other = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(10_000, [0x7777]))
+    await e.sender._handle_rtcp_packet(other)  # about another stream: not ours to pass on
+    relayed = e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_APP)
+    assert [(p.ssrc, unpack_remb_fci(p.fci)) for p in relayed] == [(RTCP_SSRC, (350_000, [MEDIA_SSRC]))]
+    await e.stop()
