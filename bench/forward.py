@@ -15,9 +15,10 @@ end a frame (RTP marker bit). The servers cannot tell: what arrives is ordinary 
 
 Server CPU is the process's utime+stime from /proc (each also reported apart) over a fixed
 window (``--window``, 10 s) once every echo flows, less the same process's idle rate measured
-before the sessions: CPU time, not wall time, so that the other work on the machine slows it down without inflating it. The echoed
-frame rate is reported beside it (a server that cannot keep up shows fewer frames, not less CPU
-per frame: ``cpu_ms_per_echoed_frame``), and the load average says how contended the machine was.
+before the sessions: CPU time, not wall time, so that the other work on the machine slows it
+down without inflating it. The echoed frame rate is reported beside it (a server that cannot keep
+up shows fewer frames, not less CPU per frame: ``cpu_ms_per_echoed_frame``), and the load average
+says how contended the machine was.
 Threads and RSS per session are (held - idle) / streams.
 
 Run from the repository root: ``PYTHONPATH=. .venv/bin/python bench/forward.py`` (``--quick``:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
@@ -49,7 +48,7 @@ from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters, RTCRtpSendParameters
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTP_HISTORY_SIZE,
@@ -71,6 +70,8 @@ KEYFRAME_HOLDOFF = 0.25
 #: Why a received packet was not forwarded (``media_forwarded_packets_dropped_total{reason}``):
 #: its codec is not one the sender negotiated, or it failed SRTP authentication.
 DROP_REASONS = ("codec", "srtp")
+#: Where a DTLS transport keeps its fast path.
+FAST_PATH_ATTRIBUTE = "_media_service_fast_path"
 #: How often the receiver's list of active sources (``getSynchronizationSources``) is refreshed.
 SOURCE_REFRESH_S = 1.0
 
@@ -288,14 +289,14 @@ class FastPath:
         counts["_RTCDtlsTransport__tx_packets"] += 1
 
 
-_fast_paths: weakref.WeakKeyDictionary[RTCDtlsTransport, FastPath] = weakref.WeakKeyDictionary()
-
-
 def fast_path(dtls: RTCDtlsTransport, counters: Counters = NO_COUNTERS) -> FastPath:
-    """The transport's fast path, installed on first use (one per transport: BUNDLE shares it)."""
-    path = _fast_paths.get(dtls)
+    """The transport's fast path, installed on first use (one per transport: BUNDLE shares it) and
+    kept on the transport, so that it goes with it."""
+    state = vars(dtls)
+    path = state.get(FAST_PATH_ATTRIBUTE)
     if path is None:
-        path = _fast_paths[dtls] = FastPath(dtls, counters)
+        path = state[FAST_PATH_ATTRIBUTE] = FastPath(dtls, counters)
+    assert isinstance(path, FastPath)
     return path
 
 
@@ -325,10 +326,16 @@ class Forwarder:
         self.kind = receiver.track.kind if receiver.track is not None else "video"
         self.track = ForwardedTrack(self.kind)
         self.keyframes = KeyframeRelay(receiver, self.source, counters)
-        self._state = vars(receiver)  # the receiver's own attributes: see RECEIVER_INTERNALS
+        state = self._state = vars(receiver)  # the receiver's own attributes: see RECEIVER_INTERNALS
+        self._codecs: dict[int | None, RTCRtpCodecParameters] = state["_RTCRtpReceiver__codecs"]
+        self._rtx_ssrcs: dict[int, int | None] = state["_RTCRtpReceiver__rtx_ssrc"]
+        self._streams: dict[int, StreamStatistics] = state["_RTCRtpReceiver__remote_streams"]
+        self._nacks: NackGenerator | None = state["_RTCRtpReceiver__nack_generator"]
+        self._active: dict[int, Any] = state["_RTCRtpReceiver__active_ssrc"]
         self._received: RTCRtpReceiveParameters | None = None
         self._sender: RTCRtpSender | None = None
         self._sent: RTCRtpSendParameters | None = None
+        self._sender_state: dict[str, Any] | None = None
         self._rewriter: Rewriter | None = None  # set once both ends have their parameters
         self._history: PacketHistory | None = None
         self._rtx: dict[int, int] = {}  # RTX payload type -> the one it repairs
@@ -348,16 +355,14 @@ class Forwarder:
         state = self._state
         if state["_RTCRtpReceiver__started"]:
             return
-        codecs: dict[int | None, RTCRtpCodecParameters] = state["_RTCRtpReceiver__codecs"]
         for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
+            self._codecs[codec.payloadType] = codec
             apt = codec.parameters.get("apt")
             if is_rtx(codec) and isinstance(apt, int) and codec.payloadType is not None:
                 self._rtx[codec.payloadType] = apt
-        rtx_ssrc: dict[int, int | None] = state["_RTCRtpReceiver__rtx_ssrc"]
         for encoding in parameters.encodings:
             if encoding.rtx:
-                rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+                self._rtx_ssrcs[encoding.rtx.ssrc] = encoding.ssrc
         self._audio_level_id = _extension_id(parameters, AUDIO_LEVEL_URI)
         self._received = parameters
         self._fast_path = fast_path(self.receiver.transport, self.counters)
@@ -392,35 +397,33 @@ class Forwarder:
             self.forward_packet(packet)
 
     def forward_packet(self, packet: Packet) -> None:
-        state = self._state
         if not self.receiver._enabled:
             return
-        codec = state["_RTCRtpReceiver__codecs"].get(packet.payload_type)
+        codec = self._codecs.get(packet.payload_type)
         if codec is None:
             return
-        streams: dict[int, StreamStatistics] = state["_RTCRtpReceiver__remote_streams"]
-        statistics = streams.get(packet.ssrc)
+        statistics = self._streams.get(packet.ssrc)
         if statistics is None:
-            statistics = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+            statistics = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         statistics.add(cast(RtpPacket, packet))  # reads sequence_number and timestamp only
         apt = self._rtx.get(packet.payload_type)
         if apt is not None:
-            media_ssrc = state["_RTCRtpReceiver__rtx_ssrc"].get(packet.ssrc)
+            media_ssrc = self._rtx_ssrcs.get(packet.ssrc)
             repaired = None if media_ssrc is None else rtp_forwarding.unwrap_rtx(packet, apt, media_ssrc)
             if repaired is None:
                 return
             packet = repaired
-        nacks = state["_RTCRtpReceiver__nack_generator"]
-        if nacks is not None and nacks.add(packet):
+        nacks = self._nacks
+        if nacks is not None and nacks.add(cast(RtpPacket, packet)):  # reads sequence_number only
             self._tasks.start(self.receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing)))
-        now = time.monotonic()
+        now = time.time()
         if now - self._source_seen > SOURCE_REFRESH_S:
             self._source_seen = now
-            state["_RTCRtpReceiver__active_ssrc"][packet.ssrc] = aiortc_clock.current_datetime()
+            self._active[packet.ssrc] = aiortc_clock.current_datetime()
         rewriter, fast_path = self._rewriter, self._fast_path
         if rewriter is None or fast_path is None:  # no sender has started: a peer that only sends
             return
-        ntp = rtp_forwarding.ntp_time(time.time())
+        ntp = rtp_forwarding.ntp_time(now)
         previous = rewriter.source
         sent = rewriter.rewrite(packet, ntp)
         if sent is None:
@@ -428,10 +431,10 @@ class Forwarder:
             return
         if sent.new_source and previous is not None and self.kind == "video":
             self.keyframes.request()  # the new source's stream may not start with one
-        assert self._history is not None and self._sender is not None
+        assert self._history is not None and self._sender_state is not None
         self._history.put(sent.sequence_number, sent.data)
         fast_path.send(sent.data)
-        sender = vars(self._sender)
+        sender = self._sender_state
         sender["_RTCRtpSender__ntp_timestamp"] = ntp
         sender["_RTCRtpSender__rtp_timestamp"] = sent.timestamp
         sender["_RTCRtpSender__octet_count"] += sent.payload_size
@@ -450,7 +453,7 @@ class Forwarder:
         """Make ``sender`` send this track's packets, and pass what its viewer asks of them (keyframes,
         retransmissions, bandwidth) to where it can be answered."""
         self._sender = sender
-        state = vars(sender)
+        state = self._sender_state = vars(sender)
         send, handle_rtcp = sender.send, sender._handle_rtcp_packet
 
         async def send_forwarded(parameters: RTCRtpSendParameters) -> None:

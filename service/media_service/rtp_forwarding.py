@@ -161,6 +161,17 @@ class Rewriter:
             encoded = outgoing.mid.encode()
             mid = bytes([outgoing.mid_id << 4 | (len(encoded) - 1)]) + encoded
         self._mid_element = mid
+        self._abs_send_time = None if outgoing.abs_send_time_id is None else bytes([outgoing.abs_send_time_id << 4 | 2])
+        self._audio_level = None if outgoing.audio_level_id is None else bytes([outgoing.audio_level_id << 4])
+        # The extension block's header and MID, and its padding, without and with an audio level.
+        self._blocks = (self._block(level=False), self._block(level=True))
+
+    def _block(self, *, level: bool) -> tuple[bytes, bytes] | None:
+        size = len(self._mid_element) + (4 if self._abs_send_time else 0) + (2 if level and self._audio_level else 0)
+        if not size:
+            return None
+        padding = -size % 4
+        return struct.pack("!HH", ONE_BYTE_PROFILE, (size + padding) // 4) + self._mid_element, bytes(padding)
 
     def rewrite(self, packet: Packet, ntp: int) -> Rewritten | None:
         """``packet`` (a media packet: retransmissions unwrapped) as the sender's, stamped with the
@@ -175,29 +186,25 @@ class Rewriter:
         timestamp = (packet.timestamp + self._timestamp_offset) & 0xFFFFFFFF
         if (sequence_number - self._last_sequence) & 0xFFFF < 0x8000:  # newer: RFC 3550's wrap-around order
             self._last_sequence, self._last_timestamp = sequence_number, timestamp
-        extensions = self._extensions(packet, ntp)
-        first = 0x80 | (0x10 if extensions else 0) | (0x20 if packet.padding else 0)
+        level = packet.audio_level if self._audio_level is not None else None
+        block = self._blocks[level is not None]
+        first = 0x80 | (0x10 if block else 0) | (0x20 if packet.padding else 0)
         second = (0x80 if packet.marker else 0) | payload_type
-        header = HEADER.pack(first, second, sequence_number, timestamp, self.outgoing.ssrc)
-        padding = bytes(packet.padding - 1) + bytes([packet.padding]) if packet.padding else b""
-        return Rewritten(
-            header + extensions + packet.payload + padding, sequence_number, timestamp, len(packet.payload), new_source
-        )
+        parts = [HEADER.pack(first, second, sequence_number, timestamp, self.outgoing.ssrc)]
+        if block is not None:
+            parts.append(block[0])
+            if self._abs_send_time is not None:
+                parts += (self._abs_send_time, ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big"))
+            if level is not None and self._audio_level is not None:
+                parts += (self._audio_level, bytes((level,)))
+            parts.append(block[1])
+        parts.append(packet.payload)
+        if packet.padding:
+            parts += (bytes(packet.padding - 1), bytes((packet.padding,)))
+        return Rewritten(b"".join(parts), sequence_number, timestamp, len(packet.payload), new_source)
 
     def _rebase(self, packet: Packet) -> None:
         """Continue the sent stream where it is with the new source's next packet."""
         self.source = packet.ssrc
         self._sequence_offset = (self._last_sequence + 1 - packet.sequence_number) & 0xFFFF
         self._timestamp_offset = (self._last_timestamp + 1 - packet.timestamp) & 0xFFFFFFFF
-
-    def _extensions(self, packet: Packet, ntp: int) -> bytes:
-        elements = self._mid_element
-        outgoing = self.outgoing
-        if outgoing.abs_send_time_id is not None:
-            elements += bytes([outgoing.abs_send_time_id << 4 | 2]) + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")
-        if outgoing.audio_level_id is not None and packet.audio_level is not None:
-            elements += bytes([outgoing.audio_level_id << 4, packet.audio_level])
-        if not elements:
-            return b""
-        elements += bytes(-len(elements) % 4)
-        return struct.pack("!HH", ONE_BYTE_PROFILE, len(elements) // 4) + elements

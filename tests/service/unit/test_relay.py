@@ -10,8 +10,10 @@ fails with packets that never arrive.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,3 +408,14 @@ async def test_the_viewers_bandwidth_estimate_goes_to_the_sending_peer(no_leaks:
     relayed = e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_APP)
     assert [(p.ssrc, unpack_remb_fci(p.fci)) for p in relayed] == [(RTCP_SSRC, (350_000, [MEDIA_SSRC]))]
     await e.stop()
+
+
+async def test_nothing_process_wide_keeps_a_finished_sessions_transport(no_leaks: None) -> None:
+    e = await echo()
+    await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
+    e.dtls.datagram(media_packet(11))
+    await e.stop()
+    transport = weakref.ref(e.dtls)
+    del e
+    gc.collect()
+    assert transport() is None, "a stopped echo's DTLS transport is still referenced"
