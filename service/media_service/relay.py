@@ -242,15 +242,25 @@ class FastPath:
         self._pair: Any = None  # the nominated pair, and how to send to it
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._address: Any = None
-        queue_datagram = connection.data_received
-        vars(connection)["data_received"] = lambda data, component: self.take(data) or queue_datagram(data, component)
+        queue = connection.data_received
+
+        def data_received(data: bytes, component: int) -> None:
+            if not self.take(data):
+                queue(data, component)
+
+        vars(connection)["data_received"] = data_received
         for protocol in connection._protocols:
             if isinstance(protocol, StunProtocol):
                 self._install(protocol)
 
     def _install(self, protocol: StunProtocol) -> None:
         stun_or_queue = protocol.datagram_received
-        vars(protocol)["datagram_received"] = lambda data, address: self.take(data) or stun_or_queue(data, address)
+
+        def datagram_received(data: bytes, address: Any) -> None:
+            if not self.take(data):
+                stun_or_queue(data, address)
+
+        vars(protocol)["datagram_received"] = datagram_received
 
     def take(self, data: bytes) -> bool:
         """Forward ``data`` if it is SRTP (not SRTCP: RFC 5761, an RTCP packet type in the second
