@@ -26,7 +26,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from media_service.ws_protocol import DroppingWebSocketProtocol
+from media_service.ws_protocol import DroppingWebSocketProtocol, Keepalive
 
 
 class ConnectionLimiter:
@@ -84,10 +84,15 @@ def limited_protocols(
     request_timeout: float,
     on_refused: Callable[[str], None],
     on_timeout: Callable[[], None],
+    keepalive: Keepalive[DroppingWebSocketProtocol] | None = None,
 ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
-    """The HTTP and WebSocket protocol classes for uvicorn's ``http`` and ``ws`` settings."""
+    """The HTTP and WebSocket protocol classes for uvicorn's ``http`` and ``ws`` settings; the
+    WebSockets share ``keepalive`` (a new one by default)."""
+    shared_keepalive: Keepalive[DroppingWebSocketProtocol] = Keepalive() if keepalive is None else keepalive
 
     class LimitedWebSocketProtocol(DroppingWebSocketProtocol):
+        keepalive = shared_keepalive
+
         def connection_lost(self, exc: Exception | None) -> None:
             limiter.release(self.transport)
             super().connection_lost(exc)
