@@ -9,25 +9,27 @@ SDP is what binds the DTLS handshake to the signaling), so the service keeps one
 it was made (on the next session: no timer), well within the 30 days aiortc's certificates are
 valid.
 
-aiortc 1.16 takes no certificate from its caller: ``RTCPeerConnection.__init__`` generates one into
-a private list, read when the first DTLS transport is created. ``use_certificate`` puts the
-process's in its place right after the peer connection is made; the key generation aiortc did in
-``__init__`` (about 0.1 ms) remains. ``tests/service/unit/test_certificates.py`` checks that the
-answer's fingerprint and the DTLS handshake then use the process's certificate, and fails loudly
-if an aiortc upgrade moves the list.
+aiortc 1.16 takes no certificate from its caller: ``RTCPeerConnection.__init__`` generates one
+(a new key, about 0.2 ms) with ``RTCCertificate.generateCertificate()``, the name its module
+imported. ``install()`` puts ``SharedCertificate`` under that name, process-wide, which gives the
+certificate of the ``sharing(certificate)`` block the peer connection is made in, and generates
+a new one as aiortc would outside such a block. ``tests/service/unit/test_certificates.py`` checks
+that the answer's fingerprint and the DTLS handshake then use the shared certificate, and fails
+loudly if an aiortc upgrade generates its certificate another way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from aiortc import RTCPeerConnection
+import aiortc.rtcpeerconnection
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint
 
-#: The name-mangled attribute of RTCPeerConnection that holds its certificates (aiortc 1.16).
-PEER_CONNECTION_CERTIFICATES = "_RTCPeerConnection__certificates"
+_shared: contextvars.ContextVar[RTCCertificate | None] = contextvars.ContextVar("shared_certificate", default=None)
 
 
 class ProcessCertificate(RTCCertificate):
@@ -70,10 +72,33 @@ class CertificateSource:
         return self._current
 
 
-def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
-    """Make ``pc`` use ``certificate`` for its DTLS transports; call it before the first offer or
-    answer (aiortc reads its certificates when it creates a transport)."""
-    state = vars(pc)
-    if PEER_CONNECTION_CERTIFICATES not in state:
-        raise RuntimeError(f"aiortc's RTCPeerConnection has no {PEER_CONNECTION_CERTIFICATES} any more")
-    state[PEER_CONNECTION_CERTIFICATES] = [certificate]
+class SharedCertificate:
+    """Stands in for ``RTCCertificate`` in aiortc's peer connection module once ``install()`` has
+    run: the one thing that module does with it is ``generateCertificate()``."""
+
+    @staticmethod
+    def generateCertificate() -> RTCCertificate:
+        shared = _shared.get()
+        return RTCCertificate.generateCertificate() if shared is None else shared
+
+
+def install() -> None:
+    """Make the peer connections created inside ``sharing`` use its certificate (process-wide;
+    outside such a block aiortc's behaviour is unchanged)."""
+    setattr(aiortc.rtcpeerconnection, "RTCCertificate", SharedCertificate)  # noqa: B010 (not exported)
+
+
+def is_installed() -> bool:
+    return getattr(aiortc.rtcpeerconnection, "RTCCertificate", None) is SharedCertificate
+
+
+@contextlib.contextmanager
+def sharing(certificate: RTCCertificate) -> Iterator[None]:
+    """Peer connections created in this block use ``certificate`` for their DTLS transports."""
+    if not is_installed():
+        raise RuntimeError("certificates.install() has not run: aiortc would generate its own certificate")
+    token = _shared.set(certificate)
+    try:
+        yield
+    finally:
+        _shared.reset(token)

@@ -22,7 +22,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from media_common import logs
-from media_service.certificates import CertificateSource, use_certificate
+from media_service import certificates
+from media_service.certificates import CertificateSource
 from media_service.config import Settings
 from media_service.dtls import prefer_server
 from media_service.errors import ErrorCode
@@ -156,6 +157,7 @@ class SessionManager:
         )
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._certificates = CertificateSource(settings.dtls_certificate_rotation)
+        certificates.install()
         self._trimmer = MemoryTrimmer(libc_trim())  # closed sessions' memory back to the system
         self._closing: set[asyncio.Task[Any]] = set()
         self.ice_mux: IceMux | None = None  # the shared ICE port, once the server has bound it
@@ -233,9 +235,8 @@ class SessionManager:
         self._per_user[user] = held + 1
         self.empty.clear()
         try:
-            with owned_by(owner), joining(mux):
+            with owned_by(owner), joining(mux), certificates.sharing(self._certificates.current()):
                 pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
-                use_certificate(pc, self._certificates.current())
                 session = Session(session_id, pc, owner, user=user, tracks=tracks, via=via)
                 if on_closed is not None:
                     session.listeners.append(on_closed)
