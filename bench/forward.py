@@ -156,7 +156,6 @@ class Stream:
     echoed: int = 0
     client: SignalingClient | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def new_stream(frames: list[bytes]) -> Stream:

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -29,6 +29,13 @@ SLOTS = 4
 TICK = INTERVAL / SLOTS
 
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+
+
+async def until(condition: Callable[[], object], timeout: float) -> None:
+    """Poll ``condition`` until it holds; a test that waits longer than ``timeout`` fails."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------ the wheel, pure
@@ -113,7 +120,7 @@ async def test_one_timer_brings_every_member_up_once_an_interval_and_stops_with_
     for member in members:
         keepalive.add(member)
     assert keepalive.running and len(keepalive) == 10
-    await asyncio.sleep(3.5 * INTERVAL)
+    await until(lambda: not keepalive.running, 10 * INTERVAL)  # each leaves after its third
     for member in members:
         assert len(member.due) == 3
         first, *rest = member.due
@@ -132,7 +139,7 @@ async def test_the_timer_stops_when_the_last_member_is_discarded_and_restarts_wi
     await asyncio.sleep(1.5 * INTERVAL)
     assert member.due == []
     keepalive.add(member)
-    await asyncio.sleep(1.2 * INTERVAL)
+    await until(lambda: member.due, 5 * INTERVAL)
     keepalive.discard(member)
     assert len(member.due) == 1 and not keepalive.running
 
@@ -184,8 +191,7 @@ async def listener(no_leaks: None) -> AsyncIterator[tuple[int, Keepalive[Droppin
     config = uvicorn.Config(app, http=http, ws=ws, lifespan="off", log_config=None, ws_ping_interval=0.05)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: server.started, 10)
     try:
         yield sock.getsockname()[1], keepalive
     finally:
@@ -248,7 +254,7 @@ async def test_a_client_that_answers_is_pinged_once_an_interval_and_stays(
     port, keepalive = listener
     clients = [await RawClient.connect(port) for _ in range(5)]
     assert len(keepalive) == 5 and keepalive.running
-    await asyncio.sleep(4.5 * INTERVAL)
+    await until(lambda: all(len(client.pings) >= 4 for client in clients), 20 * INTERVAL)
     for client in clients:
         assert client.closed_at is None
         assert len(client.pings) == 4  # not uvicorn's 0.05 s: its timers are off
@@ -256,10 +262,7 @@ async def test_a_client_that_answers_is_pinged_once_an_interval_and_stays(
         assert all(INTERVAL - 0.05 <= gap <= INTERVAL + 0.1 for gap in gaps)
     for client in clients:
         await client.close()
-    for _ in range(100):
-        if not keepalive.running:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not keepalive.running, 1.0)
     assert len(keepalive) == 0 and not keepalive.running
 
 
@@ -272,11 +275,12 @@ async def test_a_client_that_stops_answering_is_closed_with_1011_within_two_inte
     assert len(silent.pings) == 1
     silent.answering = False
     stopped = time.monotonic()
-    await asyncio.sleep(2 * INTERVAL + 2 * TICK)
+    await until(lambda: silent.closed_at is not None, 5 * INTERVAL)
     assert silent.close_code == 1011 and silent.closed_at is not None
     assert INTERVAL - TICK < silent.closed_at - stopped <= 2 * INTERVAL + 2 * TICK
     assert len(silent.pings) == 2  # the unanswered ping, then the close: no third ping
     assert alive.closed_at is None and alive.close_code is None
+    await until(lambda: len(keepalive) == 1, 1.0)  # the server sees the connection go after the client
     assert len(keepalive) == 1
     await alive.close()
     await silent.close()

@@ -14,6 +14,7 @@ import gc
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +176,13 @@ def media_packet(
     return packet
 
 
+async def sent_soon(done: Callable[[], object]) -> None:
+    """Let the tasks that send (NACKs, PLIs) run until ``done()``; a test that waits longer fails."""
+    async with asyncio.timeout(5):
+        while not done():
+            await asyncio.sleep(0)
+
+
 def decoder_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.endswith("-decoder"))
 
@@ -334,10 +342,8 @@ async def test_a_retransmission_is_forwarded_as_the_packet_it_repairs_and_losses
     e = await echo()
     await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
     e.dtls.datagram(media_packet(13))  # 11 and 12 lost on the way in
+    await sent_soon(lambda: e.dtls.feedback(RtcpRtpfbPacket, RTCP_RTPFB_NACK))  # from a task of its own
     nacks = e.dtls.feedback(RtcpRtpfbPacket, RTCP_RTPFB_NACK)
-    while not nacks:  # the NACK goes out in a task of its own
-        await asyncio.sleep(0)
-        nacks = e.dtls.feedback(RtcpRtpfbPacket, RTCP_RTPFB_NACK)
     assert [(n.media_ssrc, n.lost) for n in nacks] == [(MEDIA_SSRC, [11, 12])]
     rtx = media_packet(0, ssrc=RTX_SSRC, payload_type=98, payload=(11).to_bytes(2, "big") + b"\x10again")
     await e.receiver._handle_rtp_packet(rtx, arrival_time_ms=0)  # RTX comes aiortc's way first too
@@ -374,8 +380,7 @@ async def test_a_viewers_keyframe_request_becomes_a_pli_to_the_sending_peer(no_l
     assert recorder.keyframes == ["coalesced"]  # nothing received yet: the first frame is a keyframe anyway
     await e.receiver._handle_rtp_packet(media_packet(10), arrival_time_ms=0)
     await e.sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=e.sender._ssrc))
-    while not e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_PLI):
-        await asyncio.sleep(0)
+    await sent_soon(lambda: e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_PLI))
     assert [p.media_ssrc for p in e.dtls.feedback(RtcpPsfbPacket, RTCP_PSFB_PLI)] == [MEDIA_SSRC]
     assert recorder.keyframes == ["coalesced", "relayed"]
     await e.stop()
@@ -393,8 +398,7 @@ async def test_keyframe_requests_within_the_holdoff_are_coalesced(no_leaks: None
     keyframes.request()
     now[0] = 100.3
     keyframes.request()
-    while len(sent) < 2:
-        await asyncio.sleep(0)
+    await sent_soon(lambda: len(sent) >= 2)
     assert sent == [MEDIA_SSRC, MEDIA_SSRC] and recorder.keyframes == ["relayed", "coalesced", "relayed"]
 
 
